@@ -1,0 +1,214 @@
+//! The composed libp2p behaviour and how a swarm is built from a [`NetConfig`].
+
+use std::time::Duration;
+
+use libp2p::core::transport::MemoryTransport;
+use libp2p::core::upgrade::Version;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    StreamProtocol, Swarm, SwarmBuilder, Transport, allow_block_list, autonat, dcutr, gossipsub,
+    identify, identity, kad, mdns, noise, ping, relay, request_response, tcp, yamux,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{NetConfig, SpawnError, TransportKind};
+
+pub(crate) const IDENTIFY_PROTOCOL: &str = "/warren/1.0.0";
+pub(crate) const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/warren/kad/1.0.0");
+pub(crate) const PULL_PROTOCOL: StreamProtocol = StreamProtocol::new("/warren/offers/pull/1");
+pub(crate) const OFFER_TOPIC: &str = "warren/offers/1";
+/// The most offers one pull answer may carry, and so the most a peer can make us check.
+pub(crate) const MAX_PULL_OFFERS: usize = 8192;
+const MAX_PULL_RESPONSE_BYTES: u64 =
+    (MAX_PULL_OFFERS * (warren_types::offer::MAX_OFFER_BYTES + 8)) as u64;
+
+/// Ask a peer for every offer it holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct PullRequest {}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct PullResponse {
+    pub offers: Vec<serde_bytes_vec::Bytes>,
+}
+
+/// CBOR writes `Vec<u8>` as an array of integers; wrap it so it goes as a byte string.
+pub(crate) mod serde_bytes_vec {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Clone, Debug)]
+    pub struct Bytes(pub Vec<u8>);
+
+    impl Serialize for Bytes {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(&self.0)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Bytes {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl serde::de::Visitor<'_> for V {
+                type Value = Bytes;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a byte string")
+                }
+                fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                    Ok(Bytes(v.to_vec()))
+                }
+                fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                    Ok(Bytes(v))
+                }
+            }
+            d.deserialize_byte_buf(V)
+        }
+    }
+}
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub gossipsub: gossipsub::Behaviour,
+    pub pull: request_response::cbor::Behaviour<PullRequest, PullResponse>,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub autonat: autonat::Behaviour,
+    pub relay_server: Toggle<relay::Behaviour>,
+    pub relay_client: relay::client::Behaviour,
+    pub dcutr: dcutr::Behaviour,
+}
+
+fn transport_err(what: &'static str) -> impl Fn(String) -> SpawnError {
+    move |reason| SpawnError::Transport { what, reason }
+}
+
+fn make_behaviour(
+    key: &identity::Keypair,
+    relay_client: relay::client::Behaviour,
+    config: &NetConfig,
+) -> Result<Behaviour, SpawnError> {
+    let peer_id = key.public().to_peer_id();
+
+    let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+    kad_config.set_periodic_bootstrap_interval(config.kad_bootstrap_interval);
+    let mut kad =
+        kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+    // Every Warren node answers DHT queries; a loopback test network never confirms an
+    // external address, which would otherwise leave every node a silent client.
+    kad.set_mode(Some(kad::Mode::Server));
+
+    // Offers carry their own provider signature, so gossipsub's per-message signature would
+    // only add a second check; messages are anonymous and identified by their content hash.
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(config.gossip_heartbeat)
+        .validation_mode(gossipsub::ValidationMode::Anonymous)
+        .validate_messages()
+        .max_transmit_size(4 * warren_types::offer::MAX_OFFER_BYTES)
+        .message_id_fn(|m: &gossipsub::Message| {
+            gossipsub::MessageId::from(&blake3::hash(&m.data).as_bytes()[..20])
+        })
+        .build()
+        .map_err(|e| transport_err("gossipsub")(e.to_string()))?;
+    let mut gossipsub =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)
+            .map_err(|e| transport_err("gossipsub")(e.to_string()))?;
+    gossipsub
+        .subscribe(&gossipsub::IdentTopic::new(OFFER_TOPIC))
+        .map_err(|e| transport_err("gossipsub")(e.to_string()))?;
+
+    let codec = request_response::cbor::codec::Codec::default()
+        .set_request_size_maximum(1024)
+        .set_response_size_maximum(MAX_PULL_RESPONSE_BYTES);
+    let pull = request_response::Behaviour::with_codec(
+        codec,
+        [(PULL_PROTOCOL, request_response::ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
+    );
+
+    let mdns = if config.mdns {
+        Some(
+            mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
+                .map_err(|e| transport_err("mdns")(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+
+    let relay_server = config.relay_server.then(|| {
+        relay::Behaviour::new(
+            peer_id,
+            relay::Config {
+                max_reservations: 64,
+                max_circuits: 32,
+                ..Default::default()
+            },
+        )
+    });
+
+    Ok(Behaviour {
+        blocked: Default::default(),
+        identify: identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
+                .with_agent_version(format!("warren/{}", env!("CARGO_PKG_VERSION"))),
+        ),
+        ping: ping::Behaviour::default(),
+        kad,
+        gossipsub,
+        pull,
+        mdns: mdns.into(),
+        autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
+        relay_server: relay_server.into(),
+        relay_client,
+        dcutr: dcutr::Behaviour::new(peer_id),
+    })
+}
+
+pub(crate) fn build_swarm(config: &NetConfig) -> Result<Swarm<Behaviour>, SpawnError> {
+    let keypair = identity::Keypair::ed25519_from_bytes(config.identity.secret())
+        .map_err(|e| transport_err("identity")(e.to_string()))?;
+    let idle = config.idle_connection_timeout;
+    let swarm = match config.transport {
+        TransportKind::Real => SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| transport_err("tcp")(e.to_string()))?
+            .with_quic()
+            .with_dns()
+            .map_err(|e| transport_err("dns")(e.to_string()))?
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| transport_err("relay")(e.to_string()))?
+            .with_behaviour(|key, relay| {
+                make_behaviour(key, relay, config).map_err(|e| Box::new(e).into())
+            })
+            .map_err(|e| transport_err("behaviour")(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build(),
+        TransportKind::Memory => SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_other_transport(|key| {
+                let noise = noise::Config::new(key)
+                    .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
+                Ok(MemoryTransport::default()
+                    .upgrade(Version::V1)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default())
+                    .boxed())
+            })
+            .map_err(|e| transport_err("memory")(e.to_string()))?
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| transport_err("relay")(e.to_string()))?
+            .with_behaviour(|key, relay| {
+                make_behaviour(key, relay, config).map_err(|e| Box::new(e).into())
+            })
+            .map_err(|e| transport_err("behaviour")(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build(),
+    };
+    Ok(swarm)
+}

@@ -1,0 +1,192 @@
+#![doc = include_str!("../README.md")]
+
+mod behaviour;
+mod score;
+mod task;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use warren_types::{Identity, NodeId};
+
+pub use score::{PeerScores, ScoreChange};
+
+/// What the network asks of the node about offers. Called on the swarm task, so both
+/// methods must be quick and must not block on the network.
+pub trait OfferBook: Send + Sync + 'static {
+    /// Judge signed offer bytes that `from` sent (by gossip or in answer to a pull).
+    fn offer_received(&self, from: NodeId, bytes: &[u8]) -> Verdict;
+    /// The signed offers this node holds, to hand a peer that asks for the market.
+    fn offers_snapshot(&self) -> Vec<Vec<u8>>;
+}
+
+/// The node's judgement of an offer a peer sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// New and valid: keep and forward.
+    Accept,
+    /// Valid but nothing new (already held, or an honest race): drop quietly.
+    Ignore,
+    /// Forged, replayed, expired or oversized: drop and count it against the sender.
+    Reject,
+}
+
+/// Which transports the swarm runs on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TransportKind {
+    /// QUIC and TCP+noise+yamux, with DNS: what a real node runs.
+    #[default]
+    Real,
+    /// In-process memory transport (noise+yamux on top) for many nodes in one test process.
+    Memory,
+}
+
+/// How the swarm is set up. Addresses are multiaddress text; they are checked on spawn.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    pub identity: Identity,
+    pub transport: TransportKind,
+    pub listen: Vec<String>,
+    /// Peers to join through: multiaddresses, ideally ending in `/p2p/<node id>`.
+    pub bootstrap: Vec<String>,
+    /// Peers met in earlier runs, so a restart does not need the bootstrap list.
+    pub known_peers: Vec<KnownPeer>,
+    pub mdns: bool,
+    /// Serve as a circuit relay v2 hop for peers behind NAT.
+    pub relay_server: bool,
+    /// How often Kademlia refreshes its routing table; `None` turns it off.
+    pub kad_bootstrap_interval: Option<Duration>,
+    pub gossip_heartbeat: Duration,
+    pub idle_connection_timeout: Duration,
+}
+
+impl NetConfig {
+    pub fn new(identity: Identity) -> Self {
+        Self {
+            identity,
+            transport: TransportKind::Real,
+            listen: vec![
+                "/ip4/0.0.0.0/udp/4451/quic-v1".into(),
+                "/ip4/0.0.0.0/tcp/4451".into(),
+            ],
+            bootstrap: Vec::new(),
+            known_peers: Vec::new(),
+            mdns: true,
+            relay_server: true,
+            kad_bootstrap_interval: Some(Duration::from_secs(300)),
+            gossip_heartbeat: Duration::from_secs(1),
+            idle_connection_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A peer and the addresses it was last reachable at.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KnownPeer {
+    pub id: NodeId,
+    pub addrs: Vec<String>,
+}
+
+/// Whether this node can be reached from outside, as AutoNAT judges it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reachability {
+    #[default]
+    Unknown,
+    Public,
+    Private,
+}
+
+/// A view of the swarm, refreshed by the swarm task as things change.
+#[derive(Clone, Debug, Default)]
+pub struct NetState {
+    pub listen_addrs: Vec<String>,
+    pub connected: Vec<NodeId>,
+    pub reachability: Reachability,
+    /// Peers worth remembering across restarts (bounded).
+    pub known_peers: Vec<KnownPeer>,
+    pub banned: Vec<NodeId>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("address {addr:?} is not a valid multiaddress: {reason}")]
+    BadAddress { addr: String, reason: String },
+    #[error("could not set up the {what} transport: {reason}")]
+    Transport { what: &'static str, reason: String },
+    #[error("could not listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+}
+
+#[derive(Debug)]
+pub(crate) enum Command {
+    PublishOffer(Vec<u8>),
+    Dial(String),
+}
+
+/// A handle to the swarm task. Cloning it is cheap; the task ends when `cancel` fires.
+#[derive(Clone, Debug)]
+pub struct Network {
+    local_id: NodeId,
+    commands: mpsc::Sender<Command>,
+    state: watch::Receiver<NetState>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the network task has stopped")]
+pub struct NetworkGone;
+
+impl Network {
+    /// Builds the swarm, starts listening and joining, and runs it on a new task until
+    /// `cancel` fires. Returns once every listen address is bound (or failed).
+    pub async fn spawn(
+        config: NetConfig,
+        book: Arc<dyn OfferBook>,
+        cancel: CancellationToken,
+    ) -> Result<(Network, tokio::task::JoinHandle<()>), SpawnError> {
+        let local_id = config.identity.node_id();
+        let (commands_tx, commands_rx) = mpsc::channel(256);
+        let (state_tx, state_rx) = watch::channel(NetState::default());
+        let runner = task::SwarmTask::new(config, book, commands_rx, state_tx).await?;
+        let join = tokio::spawn(runner.run(cancel));
+        Ok((
+            Network {
+                local_id,
+                commands: commands_tx,
+                state: state_rx,
+            },
+            join,
+        ))
+    }
+
+    pub fn local_id(&self) -> NodeId {
+        self.local_id
+    }
+
+    /// Gossips a signed offer (this node's own) to the market.
+    pub async fn publish_offer(&self, bytes: Vec<u8>) -> Result<(), NetworkGone> {
+        self.commands
+            .send(Command::PublishOffer(bytes))
+            .await
+            .map_err(|_| NetworkGone)
+    }
+
+    /// Dials a multiaddress (e.g. one a test hands over).
+    pub async fn dial(&self, addr: String) -> Result<(), NetworkGone> {
+        self.commands
+            .send(Command::Dial(addr))
+            .await
+            .map_err(|_| NetworkGone)
+    }
+
+    pub fn state(&self) -> NetState {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver that wakes on every change of the swarm's state.
+    pub fn watch_state(&self) -> watch::Receiver<NetState> {
+        self.state.clone()
+    }
+}

@@ -1,0 +1,529 @@
+//! The one task that owns the libp2p `Swarm`: it runs commands from the [`Network`] handle,
+//! answers peers, hands offers to the node's [`OfferBook`] and keeps [`NetState`] current.
+//!
+//! [`Network`]: crate::Network
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{
+    Multiaddr, PeerId, Swarm, autonat, gossipsub, identify, identity, mdns, request_response,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use warren_types::NodeId;
+
+use crate::behaviour::{
+    Behaviour, BehaviourEvent, MAX_PULL_OFFERS, OFFER_TOPIC, PullRequest, PullResponse,
+    build_swarm, serde_bytes_vec::Bytes,
+};
+use crate::score::{PeerScores, ScoreChange};
+use crate::{
+    Command, KnownPeer, NetConfig, NetState, OfferBook, Reachability, SpawnError, Verdict,
+};
+
+/// Peers remembered for the next start.
+const MAX_KNOWN_PEERS: usize = 256;
+/// Addresses remembered per peer.
+const MAX_ADDRS_PER_PEER: usize = 8;
+/// Cached peers dialled at start.
+const MAX_CACHED_DIALS: usize = 16;
+/// Relays a node behind NAT reserves a slot on.
+const MAX_RELAY_RESERVATIONS: usize = 2;
+const RELAY_HOP_PROTOCOL: &str = "/libp2p/circuit/relay/0.2.0/hop";
+/// How long spawn waits for listeners to bind.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) fn peer_to_node(peer: &PeerId) -> Option<NodeId> {
+    let mh = peer.as_ref();
+    if mh.code() != 0 {
+        return None;
+    }
+    let key = identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
+    let ed = key.try_into_ed25519().ok()?;
+    NodeId::from_public_key(ed.to_bytes()).ok()
+}
+
+pub(crate) fn node_to_peer(node: &NodeId) -> Option<PeerId> {
+    let ed = identity::ed25519::PublicKey::try_from_bytes(&node.public_key()).ok()?;
+    Some(identity::PublicKey::from(ed).to_peer_id())
+}
+
+fn parse_addr(s: &str) -> Result<Multiaddr, SpawnError> {
+    s.parse()
+        .map_err(|e: libp2p::multiaddr::Error| SpawnError::BadAddress {
+            addr: s.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().last().and_then(|p| match p {
+        Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}
+
+struct Known {
+    addrs: Vec<Multiaddr>,
+    last_seen: Instant,
+}
+
+pub(crate) struct SwarmTask {
+    swarm: Swarm<Behaviour>,
+    book: Arc<dyn OfferBook>,
+    commands: mpsc::Receiver<Command>,
+    state_tx: watch::Sender<NetState>,
+    state: NetState,
+    scores: PeerScores<PeerId>,
+    known: HashMap<PeerId, Known>,
+    relay_candidates: HashSet<PeerId>,
+    reservations: HashSet<PeerId>,
+    topic: gossipsub::TopicHash,
+    dirty: bool,
+}
+
+impl SwarmTask {
+    pub(crate) async fn new(
+        config: NetConfig,
+        book: Arc<dyn OfferBook>,
+        commands: mpsc::Receiver<Command>,
+        state_tx: watch::Sender<NetState>,
+    ) -> Result<Self, SpawnError> {
+        let mut swarm = build_swarm(&config)?;
+
+        let mut pending = HashMap::new();
+        for text in &config.listen {
+            let addr = parse_addr(text)?;
+            let id = swarm.listen_on(addr).map_err(|e| SpawnError::Listen {
+                addr: text.clone(),
+                reason: e.to_string(),
+            })?;
+            pending.insert(id, text.clone());
+        }
+        let mut task = SwarmTask {
+            swarm,
+            book,
+            commands,
+            state_tx,
+            state: NetState::default(),
+            scores: PeerScores::default(),
+            known: HashMap::new(),
+            relay_candidates: HashSet::new(),
+            reservations: HashSet::new(),
+            topic: gossipsub::IdentTopic::new(OFFER_TOPIC).hash(),
+            dirty: true,
+        };
+
+        // Wait until each listener has bound, so callers can hand out real addresses.
+        let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
+        while !pending.is_empty() {
+            let event = tokio::time::timeout_at(deadline, task.swarm.select_next_some())
+                .await
+                .map_err(|_| SpawnError::Listen {
+                    addr: pending.values().cloned().collect::<Vec<_>>().join(", "),
+                    reason: "timed out waiting for the listener".into(),
+                })?;
+            match &event {
+                SwarmEvent::NewListenAddr { listener_id, .. } => {
+                    pending.remove(listener_id);
+                }
+                SwarmEvent::ListenerClosed {
+                    listener_id,
+                    reason: Err(e),
+                    ..
+                } => {
+                    if let Some(addr) = pending.remove(listener_id) {
+                        return Err(SpawnError::Listen {
+                            addr,
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+                _ => {}
+            }
+            task.handle_event(event);
+        }
+
+        for text in &config.bootstrap {
+            let addr = parse_addr(text)?;
+            task.dial(addr);
+        }
+        for peer in config.known_peers.iter().take(MAX_CACHED_DIALS) {
+            let Some(pid) = node_to_peer(&peer.id) else {
+                continue;
+            };
+            for a in peer
+                .addrs
+                .iter()
+                .filter_map(|a| a.parse::<Multiaddr>().ok())
+            {
+                task.swarm.behaviour_mut().kad.add_address(&pid, a.clone());
+                task.remember(pid, a);
+            }
+            if pid != *task.swarm.local_peer_id() {
+                let _ = task.swarm.dial(pid);
+            }
+        }
+        if !config.bootstrap.is_empty() || !config.known_peers.is_empty() {
+            let _ = task.swarm.behaviour_mut().kad.bootstrap();
+        }
+        task.publish_state();
+        Ok(task)
+    }
+
+    pub(crate) async fn run(mut self, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                Some(cmd) = self.commands.recv() => self.handle_command(cmd),
+                _ = tick.tick() => self.on_tick(),
+                event = self.swarm.select_next_some() => self.handle_event(event),
+            }
+            if self.dirty {
+                self.publish_state();
+            }
+        }
+        debug!("network task stopped");
+    }
+
+    fn publish_state(&mut self) {
+        self.dirty = false;
+        let now = Instant::now();
+        let mut known: Vec<(&PeerId, &Known)> = self.known.iter().collect();
+        known.sort_by_key(|(_, k)| std::cmp::Reverse(k.last_seen));
+        self.state.known_peers = known
+            .into_iter()
+            .filter_map(|(p, k)| {
+                Some(KnownPeer {
+                    id: peer_to_node(p)?,
+                    addrs: k.addrs.iter().map(ToString::to_string).collect(),
+                })
+            })
+            .collect();
+        self.state.connected = self
+            .swarm
+            .connected_peers()
+            .filter_map(peer_to_node)
+            .collect();
+        self.state.banned = self
+            .scores
+            .banned(now)
+            .iter()
+            .filter_map(peer_to_node)
+            .collect();
+        let _ = self.state_tx.send(self.state.clone());
+    }
+
+    fn on_tick(&mut self) {
+        for peer in self.scores.expire_bans(Instant::now()) {
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            self.dirty = true;
+        }
+    }
+
+    fn dial(&mut self, addr: Multiaddr) {
+        if let Some(pid) = peer_of(&addr) {
+            if pid == *self.swarm.local_peer_id() {
+                return;
+            }
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&pid, addr.clone());
+        }
+        if let Err(e) = self.swarm.dial(addr) {
+            debug!("dial failed: {e}");
+        }
+    }
+
+    fn remember(&mut self, peer: PeerId, addr: Multiaddr) {
+        if self.known.len() >= MAX_KNOWN_PEERS
+            && !self.known.contains_key(&peer)
+            && let Some(oldest) = self
+                .known
+                .iter()
+                .min_by_key(|(_, k)| k.last_seen)
+                .map(|(p, _)| *p)
+        {
+            self.known.remove(&oldest);
+        }
+        let entry = self.known.entry(peer).or_insert(Known {
+            addrs: Vec::new(),
+            last_seen: Instant::now(),
+        });
+        entry.last_seen = Instant::now();
+        // Strip a trailing /p2p/<id>: the cache keeps the id beside the address.
+        let addr: Multiaddr = addr
+            .iter()
+            .filter(|p| !matches!(p, Protocol::P2p(_)))
+            .collect();
+        if !entry.addrs.contains(&addr) {
+            entry.addrs.insert(0, addr);
+            entry.addrs.truncate(MAX_ADDRS_PER_PEER);
+        }
+        self.dirty = true;
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::PublishOffer(bytes) => {
+                let topic = self.topic.clone();
+                match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+                    Ok(_) => {}
+                    // With no peers yet, joiners pull the offer when they connect.
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+                    Err(gossipsub::PublishError::Duplicate) => {}
+                    Err(e) => warn!("could not gossip our offer: {e}; peers will pull it"),
+                }
+            }
+            Command::Dial(text) => match text.parse::<Multiaddr>() {
+                Ok(addr) => self.dial(addr),
+                Err(e) => warn!("not dialling {text:?}: {e}"),
+            },
+        }
+    }
+
+    /// Counts a bad message against `peer`, banning it when its score runs out.
+    fn penalise(&mut self, peer: PeerId) {
+        match self.scores.penalise(&peer, Instant::now()) {
+            ScoreChange::Lowered { score } => debug!(%peer, score, "peer sent a bad offer"),
+            ScoreChange::Banned { score } => {
+                warn!(%peer, score, "banning a peer that kept sending bad offers; no action needed");
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+                self.swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);
+            }
+        }
+        self.dirty = true;
+    }
+
+    fn judge(&mut self, from: PeerId, bytes: &[u8]) -> Verdict {
+        let Some(node) = peer_to_node(&from) else {
+            return Verdict::Reject;
+        };
+        self.book.offer_received(node, bytes)
+    }
+
+    fn handle_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!("listening on {address}");
+                let a = address.to_string();
+                if !self.state.listen_addrs.contains(&a) {
+                    self.state.listen_addrs.push(a);
+                }
+                self.dirty = true;
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                let a = address.to_string();
+                self.state.listen_addrs.retain(|x| *x != a);
+                self.dirty = true;
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if let ConnectedPoint::Dialer { address, .. } = &endpoint
+                    && !address.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+                {
+                    self.remember(peer_id, address.clone());
+                }
+                if num_established.get() == 1 {
+                    debug!(%peer_id, "connected; pulling its offers");
+                    self.swarm
+                        .behaviour_mut()
+                        .pull
+                        .send_request(&peer_id, PullRequest {});
+                }
+                self.dirty = true;
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established == 0 {
+                    self.relay_candidates.remove(&peer_id);
+                    self.reservations.remove(&peer_id);
+                }
+                self.dirty = true;
+            }
+            SwarmEvent::Behaviour(event) => self.handle_behaviour(event),
+            _ => {}
+        }
+    }
+
+    fn handle_behaviour(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
+                let verdict = self.judge(propagation_source, &message.data);
+                let acceptance = match verdict {
+                    Verdict::Accept => gossipsub::MessageAcceptance::Accept,
+                    Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+                    Verdict::Reject => gossipsub::MessageAcceptance::Reject,
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
+                if verdict == Verdict::Reject {
+                    self.penalise(propagation_source);
+                }
+            }
+            BehaviourEvent::Pull(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request { channel, .. } => {
+                        let mut offers = self.book.offers_snapshot();
+                        offers.truncate(MAX_PULL_OFFERS);
+                        let offers = offers.into_iter().map(Bytes).collect();
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .pull
+                            .send_response(channel, PullResponse { offers });
+                    }
+                    request_response::Message::Response { response, .. } => {
+                        if response.offers.len() > MAX_PULL_OFFERS {
+                            self.penalise(peer);
+                            return;
+                        }
+                        let mut accepted = 0usize;
+                        for offer in response.offers {
+                            match self.judge(peer, &offer.0) {
+                                // Pass news on: peers that pulled from us before we had
+                                // it would otherwise wait for the provider's refresh.
+                                // The id is the content hash, so copies collapse.
+                                Verdict::Accept => {
+                                    accepted += 1;
+                                    let topic = self.topic.clone();
+                                    let _ = self
+                                        .swarm
+                                        .behaviour_mut()
+                                        .gossipsub
+                                        .publish(topic, offer.0);
+                                }
+                                Verdict::Ignore => {}
+                                Verdict::Reject => self.penalise(peer),
+                            }
+                        }
+                        debug!(%peer, accepted, "pulled offers");
+                    }
+                }
+            }
+            BehaviourEvent::Pull(request_response::Event::OutboundFailure {
+                peer, error, ..
+            }) => {
+                debug!(%peer, "offer pull failed: {error}");
+            }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                for addr in info.listen_addrs.iter().take(MAX_ADDRS_PER_PEER) {
+                    if addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+                        continue;
+                    }
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, addr.clone());
+                    self.remember(peer_id, addr.clone());
+                }
+                if info
+                    .protocols
+                    .iter()
+                    .any(|p| p.as_ref() == RELAY_HOP_PROTOCOL)
+                {
+                    self.relay_candidates.insert(peer_id);
+                    if self.state.reachability == Reachability::Private {
+                        self.reserve_relays();
+                    }
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(addr.with(Protocol::P2p(peer)));
+                    }
+                }
+            }
+            BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
+                self.state.reachability = match new {
+                    autonat::NatStatus::Public(_) => Reachability::Public,
+                    autonat::NatStatus::Private => Reachability::Private,
+                    autonat::NatStatus::Unknown => Reachability::Unknown,
+                };
+                info!(reachability = ?self.state.reachability, "reachability changed");
+                if self.state.reachability == Reachability::Private {
+                    self.reserve_relays();
+                }
+                self.dirty = true;
+            }
+            _ => {}
+        }
+    }
+
+    /// Behind NAT, listen through relays so others can reach us (and DCUtR can then try a
+    /// direct connection).
+    fn reserve_relays(&mut self) {
+        let candidates: Vec<PeerId> = self
+            .relay_candidates
+            .iter()
+            .filter(|p| !self.reservations.contains(p))
+            .copied()
+            .collect();
+        for relay in candidates {
+            if self.reservations.len() >= MAX_RELAY_RESERVATIONS {
+                break;
+            }
+            let Some(addr) = self
+                .known
+                .get(&relay)
+                .and_then(|k| k.addrs.first())
+                .cloned()
+            else {
+                continue;
+            };
+            let circuit = addr.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
+            match self.swarm.listen_on(circuit) {
+                Ok(_) => {
+                    info!(%relay, "listening through a relay");
+                    self.reservations.insert(relay);
+                }
+                Err(e) => debug!(%relay, "relay reservation failed: {e}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warren_types::Identity;
+
+    #[test]
+    fn node_ids_are_libp2p_peer_ids() {
+        let id = Identity::generate();
+        let kp = identity::Keypair::ed25519_from_bytes(id.secret()).unwrap();
+        let peer = kp.public().to_peer_id();
+        assert_eq!(peer.to_string(), id.node_id().to_string());
+        assert_eq!(peer_to_node(&peer), Some(id.node_id()));
+        assert_eq!(node_to_peer(&id.node_id()), Some(peer));
+    }
+}

@@ -1,0 +1,308 @@
+#![doc = include_str!("../README.md")]
+
+pub mod api;
+pub mod catalog;
+pub mod keystore;
+mod market;
+mod peer_cache;
+pub mod testnet;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use warren_net::{NetConfig, Network};
+use warren_types::{Country, IpKind, NodeId, Offer, Price, Service, SignedOffer};
+
+pub use catalog::{OfferFilter, RemovalReason};
+pub use market::NodeEvent;
+pub use warren_net::{KnownPeer, Reachability, TransportKind};
+
+use market::Market;
+
+/// Default lifetime of a provider's offer; it is re-signed at two thirds of it.
+pub const DEFAULT_OFFER_LIFETIME: Duration = Duration::from_secs(180);
+
+/// What a provider sells.
+#[derive(Clone, Debug)]
+pub struct ProvideConfig {
+    pub price: Price,
+    pub country: Country,
+    pub ip_kind: IpKind,
+    pub services: Vec<Service>,
+    pub offer_lifetime: Duration,
+}
+
+impl ProvideConfig {
+    pub fn new(price: Price, country: Country) -> Self {
+        Self {
+            price,
+            country,
+            ip_kind: IpKind::Unknown,
+            services: vec![Service::proxy()],
+            offer_lifetime: DEFAULT_OFFER_LIFETIME,
+        }
+    }
+}
+
+/// Everything a node needs to start. Build one with [`NodeConfig::new`] and adjust fields.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub net: NetConfig,
+    /// Where the peer cache lives; `None` keeps nothing on disk (tests, testnet).
+    pub data_dir: Option<PathBuf>,
+    /// Where the local API listens; `None` runs no API server.
+    pub api: Option<SocketAddr>,
+    pub provide: Option<ProvideConfig>,
+}
+
+impl NodeConfig {
+    pub fn new(net: NetConfig) -> Self {
+        Self {
+            net,
+            data_dir: None,
+            api: None,
+            provide: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Network(#[from] warren_net::SpawnError),
+    #[error(
+        "the local API address {addr} is taken ({reason}): is another warren node running? Stop it or pass --api with a free address"
+    )]
+    ApiInUse { addr: SocketAddr, reason: String },
+    #[error("offer lifetime {0:?} is outside 10 s ..= 3600 s")]
+    OfferLifetime(Duration),
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// State the node's tasks and API share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub market: Arc<Market>,
+    pub net: Network,
+    pub started: Instant,
+    pub provide: Option<ProvideConfig>,
+    pub own_offer: watch::Sender<Option<Offer>>,
+}
+
+/// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
+#[derive(Debug)]
+pub struct NodeHandle {
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    api_addr: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+}
+
+impl NodeHandle {
+    /// Starts the network, the offer machinery and (if configured) the local API.
+    pub async fn spawn(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
+        if let Some(p) = &config.provide {
+            let secs = p.offer_lifetime.as_secs();
+            if !(10..=warren_types::offer::MAX_LIFETIME_SECS).contains(&secs) {
+                return Err(StartError::OfferLifetime(p.offer_lifetime));
+            }
+        }
+        let cancel = CancellationToken::new();
+        let market = Arc::new(Market::new());
+        if let Some(dir) = &config.data_dir {
+            config.net.known_peers = peer_cache::load(dir);
+        }
+        let identity = config.net.identity.clone();
+
+        // Bind the API first: a taken port should fail before the network starts.
+        let api_listener = match config.api {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                StartError::ApiInUse {
+                    addr,
+                    reason: e.to_string(),
+                }
+            })?),
+            None => None,
+        };
+        let api_addr = api_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+        let (net, net_task) = Network::spawn(config.net, market.clone(), cancel.clone()).await?;
+        let (own_offer, _) = watch::channel(None);
+        let shared = Arc::new(Shared {
+            market,
+            net,
+            started: Instant::now(),
+            provide: config.provide.clone(),
+            own_offer,
+        });
+
+        let mut tasks = vec![net_task];
+        tasks.push(tokio::spawn(market::expire_loop(
+            shared.market.clone(),
+            cancel.clone(),
+        )));
+        if let Some(provide) = config.provide {
+            tasks.push(tokio::spawn(market::provide_loop(
+                shared.clone(),
+                identity,
+                provide,
+                cancel.clone(),
+            )));
+        }
+        if let Some(dir) = &config.data_dir {
+            tasks.push(tokio::spawn(peer_cache::save_loop(
+                dir.clone(),
+                shared.net.watch_state(),
+                cancel.clone(),
+            )));
+        }
+        if let Some(listener) = api_listener {
+            let router = api::router(shared.clone());
+            let cancel = cancel.clone();
+            tasks.push(tokio::spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(cancel.cancelled_owned())
+                    .await;
+                if let Err(e) = served {
+                    warn!("the local API stopped: {e}");
+                }
+            }));
+        }
+        info!(
+            node = %shared.net.local_id(),
+            api = ?api_addr,
+            "node started"
+        );
+        Ok(NodeHandle {
+            shared,
+            cancel,
+            tasks,
+            api_addr,
+            data_dir: config.data_dir,
+        })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.shared.net.local_id()
+    }
+
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.shared.net
+    }
+
+    /// Multiaddresses to reach this node at, each ending in `/p2p/<node id>`.
+    pub fn dial_addrs(&self) -> Vec<String> {
+        let id = self.node_id();
+        self.shared
+            .net
+            .state()
+            .listen_addrs
+            .iter()
+            .map(|a| format!("{a}/p2p/{id}"))
+            .collect()
+    }
+
+    pub fn offers(&self, filter: &OfferFilter) -> Vec<Offer> {
+        self.shared.market.list(filter)
+    }
+
+    pub fn status(&self) -> api::Status {
+        api::status(&self.shared)
+    }
+
+    /// The offer this node currently publishes, if it provides.
+    pub fn own_offer(&self) -> Option<Offer> {
+        self.shared.own_offer.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+        self.shared.market.subscribe()
+    }
+
+    /// Waits until `check` holds for the offers this node holds, re-checking on every
+    /// catalog change. Returns false if `timeout` passes first.
+    pub async fn wait_for_offers(
+        &self,
+        timeout: Duration,
+        check: impl Fn(&[Offer]) -> bool,
+    ) -> bool {
+        let mut changes = self.shared.market.watch_changes();
+        let wait = async {
+            loop {
+                if check(&self.shared.market.list(&OfferFilter::default())) {
+                    return;
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+            && check(&self.shared.market.list(&OfferFilter::default()))
+    }
+
+    /// Stops every task, saves the peer cache and waits for the tasks to end.
+    pub async fn shutdown(self) {
+        let known = self.shared.net.state().known_peers;
+        self.cancel.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if let Some(dir) = &self.data_dir {
+            peer_cache::save(dir, &known);
+        }
+        info!(node = %self.shared.net.local_id(), "node stopped");
+    }
+}
+
+/// Signs this node's offer with a sequence number that only grows, even across restarts
+/// (it is the signing time in milliseconds, bumped past the last one used).
+pub(crate) fn sign_offer(
+    identity: &warren_types::Identity,
+    provide: &ProvideConfig,
+    addrs: Vec<String>,
+    last_seq: u64,
+) -> Option<(Offer, SignedOffer)> {
+    let now = unix_now();
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let offer = Offer {
+        provider: identity.node_id(),
+        seq: millis.max(last_seq + 1),
+        issued_at: now,
+        expires_at: now + provide.offer_lifetime.as_secs(),
+        services: provide.services.clone(),
+        price: provide.price,
+        country: provide.country,
+        ip_kind: provide.ip_kind,
+        addrs: addrs
+            .into_iter()
+            .filter(|a| !a.contains("/p2p-circuit"))
+            .take(warren_types::offer::MAX_ADDRS)
+            .collect(),
+    };
+    match SignedOffer::sign(&offer, identity) {
+        Ok(s) => Some((offer, s)),
+        Err(e) => {
+            warn!("could not sign our offer: {e}");
+            None
+        }
+    }
+}

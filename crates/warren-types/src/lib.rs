@@ -1,0 +1,9 @@
+#![doc = include_str!("../README.md")]
+
+pub mod amount;
+pub mod id;
+pub mod offer;
+
+pub use amount::{Amount, AmountError, Price};
+pub use id::{Identity, NodeId, NodeIdError};
+pub use offer::{Country, IpKind, Offer, OfferError, Service, SignedOffer, VerifiedOffer};

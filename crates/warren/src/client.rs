@@ -1,0 +1,73 @@
+//! A client of the running node's local API: every command but init, id, node and testnet
+//! goes through here.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use serde::de::DeserializeOwned;
+use warren_node::api::ErrorBody;
+
+pub struct ApiClient {
+    base: String,
+    api: SocketAddr,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    pub fn new(api: SocketAddr) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .context("could not set up the HTTP client")?;
+        Ok(Self {
+            base: format!("http://{api}"),
+            api,
+            http,
+        })
+    }
+
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .query(query)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() || e.is_timeout() {
+                    anyhow!(
+                        "no Warren node is answering at {api}.\n\
+                         Start one with `warren node` (or try `warren testnet`), \
+                         or point --api / WARREN_API at the node you run.",
+                        api = self.api
+                    )
+                } else {
+                    anyhow!("talking to the node at {} failed: {e}", self.api)
+                }
+            })?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .with_context(|| format!("reading the node's answer to {path}"))?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|b| b.error.message)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(anyhow!("the node refused {path} ({status}): {message}"));
+        }
+        serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "the node at {} answered {path} with something this warren cannot read; \
+                 are the CLI and node the same version?",
+                self.api
+            )
+        })
+    }
+}

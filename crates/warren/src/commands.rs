@@ -1,0 +1,260 @@
+//! What each command does. Commands that need the running node use [`ApiClient`].
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use warren_net::NetConfig;
+use warren_node::api::{OfferView, Status};
+use warren_node::keystore;
+use warren_node::{NodeConfig, NodeHandle, ProvideConfig, testnet::Testnet};
+use warren_types::{Amount, Country, Identity, Price};
+
+use crate::cli::{Cli, Command, NodeArgs};
+use crate::client::ApiClient;
+
+fn passphrase() -> Option<String> {
+    std::env::var("WARREN_PASSPHRASE")
+        .ok()
+        .filter(|p| !p.is_empty())
+}
+
+fn data_dir(cli: &Cli) -> Result<PathBuf> {
+    if let Some(d) = &cli.data_dir {
+        return Ok(d.clone());
+    }
+    directories::ProjectDirs::from("", "", "warren")
+        .map(|p| p.data_dir().to_path_buf())
+        .context("could not find a data directory for this user; pass --data-dir DIR")
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Init { recover, json } => init(&data_dir(&cli)?, *recover, *json),
+        Command::Id => {
+            let id = keystore::load(&data_dir(&cli)?, passphrase().as_deref())?;
+            println!("{}", id.node_id());
+            Ok(())
+        }
+        Command::Node(args) => node(&cli, args).await,
+        Command::Offers {
+            country,
+            max_price_gib,
+            max_price_hour,
+            json,
+        } => offers(&cli, *country, *max_price_gib, *max_price_hour, *json).await,
+        Command::Status { json } => status(&cli, *json).await,
+        Command::Testnet { providers } => testnet(&cli, *providers).await,
+    }
+}
+
+fn init(dir: &std::path::Path, recover: bool, json: bool) -> Result<()> {
+    let identity = if recover {
+        let mut phrase = String::new();
+        std::io::stdin()
+            .take(4096)
+            .read_to_string(&mut phrase)
+            .context("reading the recovery phrase from standard input")?;
+        if phrase.trim().is_empty() {
+            bail!(
+                "no recovery phrase on standard input: pipe in the 24 words, e.g. `warren init --recover < phrase.txt`"
+            );
+        }
+        keystore::identity_from_phrase(&phrase)?
+    } else {
+        Identity::generate()
+    };
+    keystore::save(dir, &identity, passphrase().as_deref())?;
+    let phrase = (!recover).then(|| keystore::recovery_phrase(&identity));
+    if json {
+        let out = serde_json::json!({
+            "node_id": identity.node_id().to_string(),
+            "recovery_phrase": phrase,
+            "data_dir": dir,
+            "encrypted": passphrase().is_some(),
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    let verb = if recover { "Restored" } else { "Created" };
+    println!(
+        "{verb} identity {} in {}",
+        identity.node_id(),
+        dir.display()
+    );
+    if passphrase().is_some() {
+        println!("The key file is encrypted with WARREN_PASSPHRASE.");
+    }
+    if let Some(phrase) = phrase {
+        println!();
+        println!("Recovery phrase: write these 24 words down. They are shown only this once,");
+        println!("and anyone who has them controls this node and its earnings.");
+        println!();
+        let words: Vec<&str> = phrase.split(' ').collect();
+        for (row, chunk) in words.chunks(6).enumerate() {
+            let line: Vec<String> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, w)| format!("{:>2}. {w:<10}", row * 6 + i + 1))
+                .collect();
+            println!("  {}", line.join(" "));
+        }
+        println!();
+        println!("Restore it on another machine with `warren init --recover`.");
+    }
+    Ok(())
+}
+
+async fn node(cli: &Cli, args: &NodeArgs) -> Result<()> {
+    let dir = data_dir(cli)?;
+    let identity = keystore::load(&dir, passphrase().as_deref())?;
+    let mut net = NetConfig::new(identity);
+    if !args.listen.is_empty() {
+        net.listen = args.listen.clone();
+    }
+    net.bootstrap = args.bootstrap.clone();
+    net.mdns = !args.no_mdns;
+    net.relay_server = !args.no_relay_server;
+    let mut config = NodeConfig::new(net);
+    config.data_dir = Some(dir);
+    config.api = Some(cli.api);
+    if args.provide {
+        let (Some(per_gib), Some(per_hour)) = (args.price_gib, args.price_hour) else {
+            bail!("--provide needs --price-gib WRN and --price-hour WRN");
+        };
+        let mut p = ProvideConfig::new(
+            Price { per_gib, per_hour },
+            args.country.unwrap_or(Country::UNKNOWN),
+        );
+        p.ip_kind = args.ip_kind;
+        p.offer_lifetime = Duration::from_secs(args.offer_lifetime);
+        config.provide = Some(p);
+    }
+    let handle = NodeHandle::spawn(config).await?;
+    eprintln!(
+        "warren node {} is running; local API on http://{}",
+        handle.node_id(),
+        cli.api
+    );
+    for a in handle.dial_addrs() {
+        eprintln!("  reachable at {a}");
+    }
+    wait_for_signal().await?;
+    eprintln!("stopping…");
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+async fn offers(
+    cli: &Cli,
+    country: Option<Country>,
+    max_gib: Option<Amount>,
+    max_hour: Option<Amount>,
+    json: bool,
+) -> Result<()> {
+    let mut query = Vec::new();
+    if let Some(c) = country {
+        query.push(("country", c.to_string()));
+    }
+    if let Some(m) = max_gib {
+        query.push(("max_price_per_gib", m.nano().to_string()));
+    }
+    if let Some(m) = max_hour {
+        query.push(("max_price_per_hour", m.nano().to_string()));
+    }
+    let offers: Vec<OfferView> = ApiClient::new(cli.api)?
+        .get("/api/v1/offers", &query)
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&offers)?);
+        return Ok(());
+    }
+    if offers.is_empty() {
+        println!("No offers match (yet). Offers arrive within seconds of joining the network.");
+        return Ok(());
+    }
+    println!(
+        "{:<54} {:<7} {:>14} {:>14} {:<12} SERVICES",
+        "PROVIDER", "COUNTRY", "WRN/GiB", "WRN/HOUR", "IP"
+    );
+    for o in &offers {
+        let services: Vec<&str> = o.services.iter().map(|s| s.as_str()).collect();
+        println!(
+            "{:<54} {:<7} {:>14} {:>14} {:<12} {}",
+            o.provider.to_string(),
+            o.country.to_string(),
+            o.price_per_gib.to_string(),
+            o.price_per_hour.to_string(),
+            format!("{:?}", o.ip_kind).to_lowercase(),
+            services.join(",")
+        );
+    }
+    Ok(())
+}
+
+async fn status(cli: &Cli, json: bool) -> Result<()> {
+    let s: Status = ApiClient::new(cli.api)?.get("/api/v1/status", &[]).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!("node       {}", s.node_id);
+    println!("version    {}", s.version);
+    println!("peers      {}", s.peers);
+    println!("reachable  {:?}", s.reachability);
+    println!("offers     {} in the catalog", s.offers);
+    for a in &s.listen_addrs {
+        println!("listening  {a}");
+    }
+    match &s.provider {
+        Some(p) => println!(
+            "selling    in {} at {} WRN/GiB and {} WRN/hour",
+            p.country, p.price_per_gib, p.price_per_hour
+        ),
+        None => println!("selling    no (start the node with --provide to sell bandwidth)"),
+    }
+    println!("session    none");
+    println!("uptime     {} s", s.uptime_secs);
+    Ok(())
+}
+
+async fn testnet(cli: &Cli, providers: usize) -> Result<()> {
+    let net = Testnet::start(providers, cli.api).await?;
+    let api = net.consumer.api_addr().unwrap_or(cli.api);
+    println!("Warren testnet is up: {providers} providers and a consumer, all on loopback.");
+    println!();
+    for p in &net.providers {
+        if let Some(o) = p.own_offer() {
+            println!(
+                "  provider {}  {}  {} WRN/GiB  {} WRN/hour",
+                o.provider.short(),
+                o.country,
+                o.price.per_gib,
+                o.price.per_hour
+            );
+        }
+    }
+    println!();
+    println!("Try, in another terminal:");
+    println!("  warren --api {api} offers");
+    println!("  warren --api {api} offers --country DE --json");
+    println!("  warren --api {api} status");
+    println!("  curl http://{api}/api/v1/offers");
+    println!();
+    println!("Press Ctrl-C to stop.");
+    wait_for_signal().await?;
+    println!("stopping…");
+    net.shutdown().await;
+    Ok(())
+}

@@ -235,26 +235,26 @@ impl NodeHandle {
         self.shared.market.subscribe()
     }
 
-    /// Waits until `check` holds for the offers this node holds, re-checking on every
-    /// catalog change. Returns false if `timeout` passes first.
-    pub async fn wait_for_offers(
+    /// Waits until `check` holds for this node's catalog, re-checking on every catalog
+    /// change (never by polling). Returns false if `timeout` passes first.
+    pub async fn wait_for_catalog(
         &self,
         timeout: Duration,
-        check: impl Fn(&[Offer]) -> bool,
+        check: impl Fn(&catalog::Catalog) -> bool,
     ) -> bool {
         let mut changes = self.shared.market.watch_changes();
         let wait = async {
             loop {
-                if check(&self.shared.market.list(&OfferFilter::default())) {
-                    return;
+                changes.borrow_and_update();
+                if self.shared.market.with_catalog(&check) {
+                    return true;
                 }
                 if changes.changed().await.is_err() {
-                    return;
+                    return false;
                 }
             }
         };
-        tokio::time::timeout(timeout, wait).await.is_ok()
-            && check(&self.shared.market.list(&OfferFilter::default()))
+        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
     }
 
     /// Stops every task, saves the peer cache and waits for the tasks to end.

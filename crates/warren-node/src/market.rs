@@ -54,6 +54,10 @@ impl Market {
         self.catalog.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub fn with_catalog<T>(&self, f: impl FnOnce(&Catalog) -> T) -> T {
+        f(&self.catalog())
+    }
+
     pub fn list(&self, filter: &OfferFilter) -> Vec<Offer> {
         self.catalog().list(filter)
     }

@@ -1,1 +1,118 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use warren_net::{NetConfig, TransportKind};
+use warren_node::{NodeConfig, NodeHandle, StartError, testnet::provider_plan};
+use warren_types::{Identity, NodeId};
+
+/// A `/memory/N` address no other node in this process uses.
+pub fn memory_addr() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    // Start from the clock so two test binaries' ports never matter (they cannot meet
+    // anyway: the memory transport is per process).
+    let base = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64 % (1 << 40))
+        + 1;
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("/memory/{}", base + n)
+}
+
+/// Network settings for an in-process node: memory transport, no mDNS, no periodic DHT
+/// refresh (a test decides when things happen).
+pub fn memory_net(identity: Identity) -> NetConfig {
+    let mut net = NetConfig::new(identity);
+    net.transport = TransportKind::Memory;
+    net.listen = vec![memory_addr()];
+    net.mdns = false;
+    net.kad_bootstrap_interval = None;
+    net.relay_server = false;
+    net
+}
+
+/// How a [`TestNet`] is shaped.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub nodes: usize,
+    /// The first `providers` nodes sell, each in a different country or price.
+    pub providers: usize,
+    /// How many earlier nodes each new node joins through.
+    pub degree: usize,
+}
+
+/// Many nodes in one process.
+#[derive(Debug)]
+pub struct TestNet {
+    pub nodes: Vec<NodeHandle>,
+    providers: Vec<NodeId>,
+}
+
+/// A small deterministic generator, so a topology can be reproduced from its seed.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+impl TestNet {
+    /// Starts `shape.nodes` nodes; node `i` bootstraps through node `i - 1` and through
+    /// `degree - 1` other random earlier nodes.
+    pub async fn spawn(shape: Shape) -> Result<TestNet, StartError> {
+        let mut nodes: Vec<NodeHandle> = Vec::with_capacity(shape.nodes);
+        let mut providers = Vec::new();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..shape.nodes {
+            let mut net = memory_net(Identity::generate());
+            if i > 0 {
+                let mut targets = vec![i - 1];
+                for _ in 1..shape.degree.min(i) {
+                    let t = (next(&mut rng) % i as u64) as usize;
+                    if !targets.contains(&t) {
+                        targets.push(t);
+                    }
+                }
+                net.bootstrap = targets
+                    .iter()
+                    .flat_map(|&t| nodes[t].dial_addrs())
+                    .collect();
+            }
+            let mut config = NodeConfig::new(net);
+            if i < shape.providers {
+                let mut plan = provider_plan(i);
+                plan.offer_lifetime = Duration::from_secs(600);
+                config.provide = Some(plan);
+            }
+            let node = NodeHandle::spawn(config).await?;
+            if i < shape.providers {
+                providers.push(node.node_id());
+            }
+            nodes.push(node);
+        }
+        Ok(TestNet { nodes, providers })
+    }
+
+    pub fn providers(&self) -> &[NodeId] {
+        &self.providers
+    }
+
+    /// Waits until every node holds every provider's offer. Returns how many nodes had
+    /// them all when it returned (all of them unless `timeout` passed).
+    pub async fn wait_all_offers(&self, timeout: Duration) -> usize {
+        let want = &self.providers;
+        let waits = self.nodes.iter().map(|n| {
+            n.wait_for_catalog(timeout, |catalog| want.iter().all(|p| catalog.contains(p)))
+        });
+        futures::future::join_all(waits)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count()
+    }
+
+    pub async fn shutdown(self) {
+        futures::future::join_all(self.nodes.into_iter().map(NodeHandle::shutdown)).await;
+    }
+}

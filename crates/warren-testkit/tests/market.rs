@@ -1,0 +1,91 @@
+//! Many nodes in one process: offers reach everyone, forgeries reach no one.
+
+use std::time::Duration;
+
+use warren_node::{NodeConfig, NodeHandle};
+use warren_testkit::{Shape, TestNet, memory_net};
+use warren_types::{Amount, Identity, IpKind, Offer, Price, Service, SignedOffer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_nodes_each_see_every_providers_offer() {
+    let net = TestNet::spawn(Shape {
+        nodes: 20,
+        providers: 20,
+        degree: 3,
+    })
+    .await
+    .expect("spawn");
+    let done = net.wait_all_offers(Duration::from_secs(30)).await;
+    assert_eq!(done, 20, "only {done} of 20 nodes saw all 20 offers");
+    // Each node lists exactly the 20 providers, itself included.
+    for node in &net.nodes {
+        let offers = node.offers(&Default::default());
+        assert_eq!(offers.len(), 20);
+        assert!(offers.iter().any(|o| o.provider == node.node_id()));
+    }
+    net.shutdown().await;
+}
+
+fn forged_offer(victim: &Identity, mallory: &Identity, n: u64) -> Vec<u8> {
+    // Mallory signs an offer that names the victim as provider: a forgery.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let offer = Offer {
+        provider: mallory.node_id(),
+        seq: n,
+        issued_at: now,
+        expires_at: now + 120,
+        services: vec![Service::proxy()],
+        price: Price {
+            per_gib: Amount::from_nano(n),
+            per_hour: Amount::ZERO,
+        },
+        country: "DE".parse().unwrap(),
+        ip_kind: IpKind::Hosting,
+        addrs: vec![],
+    };
+    let mut bytes = SignedOffer::sign(&offer, mallory).unwrap().to_bytes();
+    // Swap Mallory's public key for the victim's inside the signed body.
+    let m = mallory.node_id().public_key();
+    let v = victim.node_id().public_key();
+    let at = bytes.windows(32).position(|w| w == m).unwrap();
+    bytes[at..at + 32].copy_from_slice(&v);
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_gossiping_forged_offers_is_refused_and_banned() {
+    let honest = NodeHandle::spawn(NodeConfig::new(memory_net(Identity::generate())))
+        .await
+        .unwrap();
+    let mallory_id = Identity::generate();
+    let mut net = memory_net(mallory_id.clone());
+    net.bootstrap = honest.dial_addrs();
+    let mallory = NodeHandle::spawn(NodeConfig::new(net)).await.unwrap();
+
+    let victim = Identity::generate();
+    let mut state = honest.network().watch_state();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut sent = 0u64;
+    // Keep sending forgeries until the honest node bans Mallory; each send waits for the
+    // honest node's state to change (or a short while, while gossip meshes form).
+    while !state.borrow().banned.contains(&mallory.node_id()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "mallory was not banned after {sent} forged offers"
+        );
+        sent += 1;
+        mallory
+            .network()
+            .publish_offer(forged_offer(&victim, &mallory_id, sent))
+            .await
+            .unwrap();
+        let _ = tokio::time::timeout(Duration::from_millis(200), state.changed()).await;
+    }
+    assert!(honest.offers(&Default::default()).is_empty(), "a forgery got in");
+    assert!(!honest.network().state().connected.contains(&mallory.node_id()));
+    mallory.shutdown().await;
+    honest.shutdown().await;
+}

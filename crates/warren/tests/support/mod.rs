@@ -1,0 +1,202 @@
+//! Helpers for tests that run the real `warren` binary as separate processes.
+//!
+//! Nodes only ever listen on and dial 127.0.0.1 (or addresses inside network namespaces a
+//! test made itself). Every child process is killed when its handle drops, so a failing
+//! test leaves nothing behind.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub fn warren_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_warren"))
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// Runs `warren` with `args` and waits for it to finish.
+pub fn warren(data_dir: &Path, api: SocketAddr, args: &[&str]) -> Output {
+    Command::new(warren_bin())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--api")
+        .arg(api.to_string())
+        .args(args)
+        .env_remove("WARREN_PASSPHRASE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("could not run warren")
+}
+
+/// A `warren node` process with its own data dir and API port.
+pub struct NodeProc {
+    child: Child,
+    pub api: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub id: String,
+    /// Multiaddresses (with /p2p/<id>) the node printed at start.
+    pub dial_addrs: Vec<String>,
+    /// Lines of the node's stderr after start-up, for diagnosing failures.
+    pub log: mpsc::Receiver<String>,
+}
+
+impl NodeProc {
+    /// Initialises a fresh identity and starts `warren node` with `args` (plus
+    /// `--no-mdns` unless `mdns` is true), waiting until its API is up.
+    pub fn start(args: &[&str]) -> NodeProc {
+        Self::start_in(tempfile::tempdir().expect("tempdir"), args, &[], None)
+    }
+
+    /// Like [`NodeProc::start`], inside `wrapper` (e.g. `ip netns exec NAME`), with an
+    /// existing data dir and extra environment.
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+        wrapper: Option<&[&str]>,
+    ) -> NodeProc {
+        if !dir.path().join("identity.key").exists() {
+            let api: SocketAddr = "127.0.0.1:1".parse().unwrap();
+            let out = warren(dir.path(), api, &["init", "--json"]);
+            assert!(out.status.success(), "init failed: {out:?}");
+        }
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = match wrapper {
+            Some(w) => {
+                let mut c = Command::new(w[0]);
+                c.args(&w[1..]).arg(warren_bin());
+                c
+            }
+            None => Command::new(warren_bin()),
+        };
+        cmd.arg("--data-dir")
+            .arg(dir.path())
+            .arg("--api")
+            .arg(api.to_string())
+            .arg("node")
+            .args(args)
+            .env("WARREN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("could not start warren node");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut id = String::new();
+        let mut dial_addrs = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        // The node prints "warren node <id> is running" once its API is bound, then one
+        // "reachable at" line per address; a log line follows them.
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => panic!("warren node did not start; it printed:\n{}", seen.join("\n")),
+            };
+            seen.push(line.clone());
+            if let Some(rest) = line.strip_prefix("warren node ") {
+                id = rest.split_whitespace().next().unwrap_or_default().to_string();
+            } else if let Some(a) = line.trim().strip_prefix("reachable at ") {
+                dial_addrs.push(a.to_string());
+            } else if !id.is_empty() {
+                break;
+            }
+        }
+        NodeProc {
+            child,
+            api,
+            dir,
+            id,
+            dial_addrs,
+            log: rx,
+        }
+    }
+
+    /// Runs a CLI command against this node's API.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        warren(self.dir.path(), self.api, args)
+    }
+
+    /// Runs a CLI command that must succeed and prints JSON; returns the parsed JSON.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "warren {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+
+    /// The dial address on the given transport ("tcp" or "quic-v1").
+    pub fn addr(&self, transport: &str) -> String {
+        self.dial_addrs
+            .iter()
+            .find(|a| a.contains(&format!("/{transport}/")) || a.contains(&format!("/{transport}")))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {transport} address in {:?}", self.dial_addrs))
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits (bounded) for a clean exit; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+        false
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Re-runs `probe` until it returns `Some`, for at most `limit`; each try is spaced by
+/// 100 ms. For multi-process tests, where there is no in-process event to wait on.
+pub fn eventually<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -84,8 +84,17 @@ async fn a_peer_gossiping_forged_offers_is_refused_and_banned() {
             .unwrap();
         let _ = tokio::time::timeout(Duration::from_millis(200), state.changed()).await;
     }
-    assert!(honest.offers(&Default::default()).is_empty(), "a forgery got in");
-    assert!(!honest.network().state().connected.contains(&mallory.node_id()));
+    assert!(
+        honest.offers(&Default::default()).is_empty(),
+        "a forgery got in"
+    );
+    assert!(
+        !honest
+            .network()
+            .state()
+            .connected
+            .contains(&mallory.node_id())
+    );
     mallory.shutdown().await;
     honest.shutdown().await;
 }

@@ -140,6 +140,7 @@ async fn node(cli: &Cli, args: &NodeArgs) -> Result<()> {
     for a in handle.dial_addrs() {
         eprintln!("  reachable at {a}");
     }
+    eprintln!("stop it with Ctrl-C or SIGTERM");
     wait_for_signal().await?;
     eprintln!("stopping…");
     handle.shutdown().await;
@@ -232,18 +233,25 @@ async fn status(cli: &Cli, json: bool) -> Result<()> {
 async fn testnet(cli: &Cli, providers: usize) -> Result<()> {
     let net = Testnet::start(providers, cli.api).await?;
     let api = net.consumer.api_addr().unwrap_or(cli.api);
+    let everyone = net
+        .consumer
+        .wait_for_catalog(Duration::from_secs(15), |c| c.len() >= providers)
+        .await;
     println!("Warren testnet is up: {providers} providers and a consumer, all on loopback.");
+    if !everyone {
+        println!("(the consumer has not seen every offer yet; they are still arriving)");
+    }
     println!();
-    for p in &net.providers {
-        if let Some(o) = p.own_offer() {
-            println!(
-                "  provider {}  {}  {} WRN/GiB  {} WRN/hour",
-                o.provider.short(),
-                o.country,
-                o.price.per_gib,
-                o.price.per_hour
-            );
-        }
+    println!("Offers the consumer sees:");
+    for o in net.consumer.offers(&Default::default()) {
+        println!(
+            "  {}  {}  {:>6} WRN/GiB  {:>6} WRN/hour  {}",
+            o.provider.short(),
+            o.country,
+            o.price.per_gib.to_string(),
+            o.price.per_hour.to_string(),
+            format!("{:?}", o.ip_kind).to_lowercase()
+        );
     }
     println!();
     println!("Try, in another terminal:");
@@ -251,6 +259,7 @@ async fn testnet(cli: &Cli, providers: usize) -> Result<()> {
     println!("  warren --api {api} offers --country DE --json");
     println!("  warren --api {api} status");
     println!("  curl http://{api}/api/v1/offers");
+    println!("  curl http://{api}/api/v1/status");
     println!();
     println!("Press Ctrl-C to stop.");
     wait_for_signal().await?;

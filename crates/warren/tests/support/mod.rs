@@ -108,19 +108,26 @@ impl NodeProc {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut seen = Vec::new();
         // The node prints "warren node <id> is running" once its API is bound, then one
-        // "reachable at" line per address; a log line follows them.
+        // "reachable at" line per address, then "stop it with Ctrl-C or SIGTERM".
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(l) => l,
-                Err(_) => panic!("warren node did not start; it printed:\n{}", seen.join("\n")),
+                Err(_) => panic!(
+                    "warren node did not start; it printed:\n{}",
+                    seen.join("\n")
+                ),
             };
             seen.push(line.clone());
             if let Some(rest) = line.strip_prefix("warren node ") {
-                id = rest.split_whitespace().next().unwrap_or_default().to_string();
+                id = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
             } else if let Some(a) = line.trim().strip_prefix("reachable at ") {
                 dial_addrs.push(a.to_string());
-            } else if !id.is_empty() {
+            } else if line.starts_with("stop it with") {
                 break;
             }
         }

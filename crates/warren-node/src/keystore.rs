@@ -88,7 +88,6 @@ fn stretch(passphrase: &str, salt: &[u8]) -> Result<[u8; 32], String> {
 
 fn random<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
-    #[allow(clippy::expect_used)]
     getrandom::fill(&mut b).expect("the operating system's random source failed");
     b
 }

@@ -120,7 +120,6 @@ impl Identity {
     pub fn generate() -> Self {
         let mut secret = [0u8; 32];
         // The OS random source failing leaves no safe way to make a key at all.
-        #[allow(clippy::expect_used)]
         getrandom::fill(&mut secret).expect("the operating system's random source failed");
         Self::from_secret(secret)
     }

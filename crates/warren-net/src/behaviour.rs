@@ -169,46 +169,48 @@ pub(crate) fn build_swarm(config: &NetConfig) -> Result<Swarm<Behaviour>, SpawnE
     let keypair = identity::Keypair::ed25519_from_bytes(config.identity.secret())
         .map_err(|e| transport_err("identity")(e.to_string()))?;
     let idle = config.idle_connection_timeout;
+    // The builder's phases are distinct types per transport, so the shared tail (relay
+    // client, behaviour, swarm settings) is a macro rather than a function.
+    macro_rules! finish {
+        ($builder:expr) => {
+            $builder
+                .with_relay_client(noise::Config::new, yamux::Config::default)
+                .map_err(|e| transport_err("relay")(e.to_string()))?
+                .with_behaviour(|key, relay| {
+                    make_behaviour(key, relay, config).map_err(|e| Box::new(e).into())
+                })
+                .map_err(|e| transport_err("behaviour")(e.to_string()))?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+                .build()
+        };
+    }
+    let builder = SwarmBuilder::with_existing_identity(keypair).with_tokio();
     let swarm = match config.transport {
-        TransportKind::Real => SwarmBuilder::with_existing_identity(keypair)
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .map_err(|e| transport_err("tcp")(e.to_string()))?
-            .with_quic()
-            .with_dns()
-            .map_err(|e| transport_err("dns")(e.to_string()))?
-            .with_relay_client(noise::Config::new, yamux::Config::default)
-            .map_err(|e| transport_err("relay")(e.to_string()))?
-            .with_behaviour(|key, relay| {
-                make_behaviour(key, relay, config).map_err(|e| Box::new(e).into())
-            })
-            .map_err(|e| transport_err("behaviour")(e.to_string()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-            .build(),
-        TransportKind::Memory => SwarmBuilder::with_existing_identity(keypair)
-            .with_tokio()
-            .with_other_transport(|key| {
-                let noise = noise::Config::new(key)
-                    .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
-                Ok(MemoryTransport::default()
-                    .upgrade(Version::V1)
-                    .authenticate(noise)
-                    .multiplex(yamux::Config::default())
-                    .boxed())
-            })
-            .map_err(|e| transport_err("memory")(e.to_string()))?
-            .with_relay_client(noise::Config::new, yamux::Config::default)
-            .map_err(|e| transport_err("relay")(e.to_string()))?
-            .with_behaviour(|key, relay| {
-                make_behaviour(key, relay, config).map_err(|e| Box::new(e).into())
-            })
-            .map_err(|e| transport_err("behaviour")(e.to_string()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-            .build(),
+        TransportKind::Real => finish!(
+            builder
+                .with_tcp(
+                    tcp::Config::default().nodelay(true),
+                    noise::Config::new,
+                    yamux::Config::default,
+                )
+                .map_err(|e| transport_err("tcp")(e.to_string()))?
+                .with_quic()
+                .with_dns()
+                .map_err(|e| transport_err("dns")(e.to_string()))?
+        ),
+        TransportKind::Memory => finish!(
+            builder
+                .with_other_transport(|key| {
+                    let noise = noise::Config::new(key)
+                        .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
+                    Ok(MemoryTransport::default()
+                        .upgrade(Version::V1)
+                        .authenticate(noise)
+                        .multiplex(yamux::Config::default())
+                        .boxed())
+                })
+                .map_err(|e| transport_err("memory")(e.to_string()))?
+        ),
     };
     Ok(swarm)
 }

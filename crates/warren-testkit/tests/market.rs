@@ -88,12 +88,15 @@ async fn a_peer_gossiping_forged_offers_is_refused_and_banned() {
         honest.offers(&Default::default()).is_empty(),
         "a forgery got in"
     );
+    // The ban closes Mallory's connections; wait for the state to say so.
+    let disconnected = tokio::time::timeout(
+        Duration::from_secs(10),
+        state.wait_for(|s| !s.connected.contains(&mallory.node_id())),
+    )
+    .await;
     assert!(
-        !honest
-            .network()
-            .state()
-            .connected
-            .contains(&mallory.node_id())
+        matches!(disconnected, Ok(Ok(_))),
+        "a banned peer stayed connected"
     );
     mallory.shutdown().await;
     honest.shutdown().await;

@@ -3,22 +3,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
-use support::{free_port, warren, warren_bin};
-
-/// Kills the testnet if the test fails before stopping it.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{ChildGuard, free_port, lines_of, warren, warren_bin};
 
 #[test]
 fn testnet_offers_several_countries_and_stops_cleanly() {
@@ -31,15 +19,9 @@ fn testnet_offers_several_countries_and_stops_cleanly() {
         .spawn()
         .expect("start warren testnet");
     let stdout = child.stdout.take().unwrap();
-    let mut guard = KillOnDrop(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut guard = ChildGuard(Some(child));
+    let testnet = guard.0.as_mut().unwrap();
+    let rx = lines_of(stdout);
     let mut printed = Vec::new();
     loop {
         match rx.recv_timeout(Duration::from_secs(60)) {
@@ -84,11 +66,11 @@ fn testnet_offers_several_countries_and_stops_cleanly() {
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["peers"].as_u64(), Some(4), "{status}");
 
-    let pid = guard.0.id().to_string();
+    let pid = testnet.id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Some(status) = guard.0.try_wait().unwrap() {
+        if let Some(status) = testnet.try_wait().unwrap() {
             break status;
         }
         assert!(

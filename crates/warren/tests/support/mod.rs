@@ -39,6 +39,19 @@ pub fn warren(data_dir: &Path, api: SocketAddr, args: &[&str]) -> Output {
         .expect("could not run warren")
 }
 
+/// The lines a child prints on `stream`, read on a thread so a test can wait with a timeout.
+pub fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// A `warren node` process with its own data dir and API port.
 pub struct NodeProc {
     child: Child,
@@ -95,14 +108,9 @@ impl NodeProc {
         }
         let mut child = cmd.spawn().expect("could not start warren node");
         let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        // Until the NodeProc exists, this guard ends the child if start-up fails.
+        let mut guard = ChildGuard(Some(child));
+        let rx = lines_of(stderr);
         let mut id = String::new();
         let mut dial_addrs = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -132,7 +140,7 @@ impl NodeProc {
             }
         }
         NodeProc {
-            child,
+            child: guard.0.take().expect("child"),
             api,
             dir,
             id,
@@ -184,6 +192,18 @@ impl NodeProc {
         }
         self.kill9();
         false
+    }
+}
+
+/// Kills and reaps the child it holds when dropped, so a failing test leaves no process.
+pub struct ChildGuard(pub Option<Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{
     Multiaddr, PeerId, Swarm, autonat, gossipsub, identify, identity, mdns, request_response,
 };
@@ -458,8 +459,17 @@ impl SwarmTask {
                         .behaviour_mut()
                         .kad
                         .add_address(&peer, addr.clone());
-                    if !self.swarm.is_connected(&peer) {
-                        let _ = self.swarm.dial(addr.with(Protocol::P2p(peer)));
+                    // Both ends of a LAN usually discover each other in the same
+                    // instant. Dialling from the listen port would let the two SYNs
+                    // cross into one TCP connection where both sides are initiator and
+                    // both handshakes fail; a fresh source port keeps them apart.
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(vec![addr])
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .allocate_new_port()
+                        .build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        debug!(%peer, "not dialling a peer found by mDNS: {e}");
                     }
                 }
             }

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Warren's "offers" quality bars (SPEC §8), measured and printed beside their targets:
+#   * time until every node holds every offer, for 100 and 1,000 in-process nodes
+#     (target: 1,000 nodes within 10 s);
+#   * idle resident memory of one `warren node` process on loopback (target: <= 30 MiB).
+#
+# Usage: bench/run.sh [bench-offers flags for the offers mode, e.g. --nodes 100,1000]
+# Honours CARGO_TARGET_DIR. Only loopback and the in-process memory transport are used.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
+
+echo "== building (release) into $target_dir"
+cargo build --release -p warren-bench -p warren
+
+bench="$target_dir/release/bench-offers"
+warren="$target_dir/release/warren"
+
+echo "== machine: $(nproc) cores, $(uname -sr), $(rustc --version)"
+echo "== git: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+
+status=0
+echo "== idle memory of one warren node"
+"$bench" idle-memory --warren "$warren" --idle 10 || status=1
+
+echo "== offers reach every node"
+# Each N is bounded by --timeout (120 s), so the whole run stays within a few minutes.
+"$bench" offers --timeout 120 "$@" || status=1
+
+exit "$status"

@@ -20,12 +20,23 @@ pub(crate) const PULL_PROTOCOL: StreamProtocol = StreamProtocol::new("/warren/of
 pub(crate) const OFFER_TOPIC: &str = "warren/offers/1";
 /// The most offers one pull answer may carry, and so the most a peer can make us check.
 pub(crate) const MAX_PULL_OFFERS: usize = 8192;
+const MAX_PULL_REQUEST_BYTES: u64 = (MAX_PULL_OFFERS * 9 + 64) as u64;
 const MAX_PULL_RESPONSE_BYTES: u64 =
     (MAX_PULL_OFFERS * (warren_types::offer::MAX_OFFER_BYTES + 8)) as u64;
 
-/// Ask a peer for every offer it holds.
+/// Ask a peer for the offers it holds that the asker does not: `have` lists a digest
+/// ([`offer_digest`]) of each offer the asker holds, so only news crosses the wire.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct PullRequest {}
+pub(crate) struct PullRequest {
+    pub have: Vec<u64>,
+}
+
+/// A short, stable name for an offer's bytes: the first 8 bytes of their BLAKE3 hash.
+pub(crate) fn offer_digest(bytes: &[u8]) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&blake3::hash(bytes).as_bytes()[..8]);
+    u64::from_le_bytes(first)
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct PullResponse {
@@ -119,7 +130,7 @@ fn make_behaviour(
         .map_err(|e| transport_err("gossipsub")(e.to_string()))?;
 
     let codec = request_response::cbor::codec::Codec::default()
-        .set_request_size_maximum(1024)
+        .set_request_size_maximum(MAX_PULL_REQUEST_BYTES)
         .set_response_size_maximum(MAX_PULL_RESPONSE_BYTES);
     let pull = request_response::Behaviour::with_codec(
         codec,

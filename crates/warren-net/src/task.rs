@@ -22,7 +22,7 @@ use warren_types::NodeId;
 
 use crate::behaviour::{
     Behaviour, BehaviourEvent, MAX_PULL_OFFERS, OFFER_TOPIC, PullRequest, PullResponse,
-    build_swarm, serde_bytes_vec::Bytes,
+    build_swarm, offer_digest, serde_bytes_vec::Bytes,
 };
 use crate::score::{PeerScores, ScoreChange};
 use crate::{
@@ -38,6 +38,8 @@ const MAX_CACHED_DIALS: usize = 16;
 /// Relays a node behind NAT reserves a slot on.
 const MAX_RELAY_RESERVATIONS: usize = 2;
 const RELAY_HOP_PROTOCOL: &str = "/libp2p/circuit/relay/0.2.0/hop";
+/// How often a node asks one peer for offers it may have missed (anti-entropy).
+const REPULL_EVERY: Duration = Duration::from_secs(30);
 /// How long spawn waits for listeners to bind.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -88,6 +90,17 @@ pub(crate) struct SwarmTask {
     reservations: HashSet<PeerId>,
     topic: gossipsub::TopicHash,
     dirty: bool,
+    /// Node ids of peers met, so a key is decoded and checked once, not on every event.
+    ids: HashMap<PeerId, Option<NodeId>>,
+    /// Turns the anti-entropy pull over the connected peers.
+    repulls: usize,
+}
+
+fn cached_node(ids: &mut HashMap<PeerId, Option<NodeId>>, peer: &PeerId) -> Option<NodeId> {
+    if ids.len() > 4 * MAX_KNOWN_PEERS && !ids.contains_key(peer) {
+        ids.clear();
+    }
+    *ids.entry(*peer).or_insert_with(|| peer_to_node(peer))
 }
 
 impl SwarmTask {
@@ -120,6 +133,8 @@ impl SwarmTask {
             reservations: HashSet::new(),
             topic: gossipsub::IdentTopic::new(OFFER_TOPIC).hash(),
             dirty: true,
+            ids: HashMap::new(),
+            repulls: 0,
         };
 
         // Wait until each listener has bound, so callers can hand out real addresses.
@@ -182,12 +197,16 @@ impl SwarmTask {
     pub(crate) async fn run(mut self, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut repull =
+            tokio::time::interval_at(tokio::time::Instant::now() + REPULL_EVERY, REPULL_EVERY);
+        repull.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
                 Some(cmd) = self.commands.recv() => self.handle_command(cmd),
                 _ = tick.tick() => self.on_tick(),
+                _ = repull.tick() => self.repull(),
                 event = self.swarm.select_next_some() => self.handle_event(event),
             }
             if self.dirty {
@@ -200,13 +219,14 @@ impl SwarmTask {
     fn publish_state(&mut self) {
         self.dirty = false;
         let now = Instant::now();
+        let ids = &mut self.ids;
         let mut known: Vec<(&PeerId, &Known)> = self.known.iter().collect();
         known.sort_by_key(|(_, k)| std::cmp::Reverse(k.last_seen));
         self.state.known_peers = known
             .into_iter()
             .filter_map(|(p, k)| {
                 Some(KnownPeer {
-                    id: peer_to_node(p)?,
+                    id: cached_node(ids, p)?,
                     addrs: k.addrs.iter().map(ToString::to_string).collect(),
                 })
             })
@@ -214,13 +234,13 @@ impl SwarmTask {
         self.state.connected = self
             .swarm
             .connected_peers()
-            .filter_map(peer_to_node)
+            .filter_map(|p| cached_node(ids, p))
             .collect();
         self.state.banned = self
             .scores
             .banned(now)
             .iter()
-            .filter_map(peer_to_node)
+            .filter_map(|p| cached_node(ids, p))
             .collect();
         let _ = self.state_tx.send(self.state.clone());
     }
@@ -230,6 +250,32 @@ impl SwarmTask {
             self.swarm.behaviour_mut().blocked.unblock_peer(peer);
             self.dirty = true;
         }
+    }
+
+    /// Asks `peer` for the offers it holds that this node does not.
+    fn pull_from(&mut self, peer: PeerId) {
+        let have = self
+            .book
+            .offers_snapshot()
+            .iter()
+            .take(MAX_PULL_OFFERS)
+            .map(|b| offer_digest(b))
+            .collect();
+        self.swarm
+            .behaviour_mut()
+            .pull
+            .send_request(&peer, PullRequest { have });
+    }
+
+    /// Anti-entropy: now and then, pull from one connected peer (in turn), so an offer
+    /// missed in gossip arrives within [`REPULL_EVERY`] rather than at its next refresh.
+    fn repull(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        if peers.is_empty() {
+            return;
+        }
+        self.repulls = self.repulls.wrapping_add(1);
+        self.pull_from(peers[self.repulls % peers.len()]);
     }
 
     fn dial(&mut self, addr: Multiaddr) {
@@ -308,7 +354,7 @@ impl SwarmTask {
     }
 
     fn judge(&mut self, from: PeerId, bytes: &[u8]) -> Verdict {
-        let Some(node) = peer_to_node(&from) else {
+        let Some(node) = cached_node(&mut self.ids, &from) else {
             return Verdict::Reject;
         };
         self.book.offer_received(node, bytes)
@@ -342,10 +388,7 @@ impl SwarmTask {
                 }
                 if num_established.get() == 1 {
                     debug!(%peer_id, "connected; pulling its offers");
-                    self.swarm
-                        .behaviour_mut()
-                        .pull
-                        .send_request(&peer_id, PullRequest {});
+                    self.pull_from(peer_id);
                 }
                 self.dirty = true;
             }
@@ -388,10 +431,22 @@ impl SwarmTask {
             }
             BehaviourEvent::Pull(request_response::Event::Message { peer, message, .. }) => {
                 match message {
-                    request_response::Message::Request { channel, .. } => {
-                        let mut offers = self.book.offers_snapshot();
-                        offers.truncate(MAX_PULL_OFFERS);
-                        let offers = offers.into_iter().map(Bytes).collect();
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => {
+                        if request.have.len() > MAX_PULL_OFFERS {
+                            self.penalise(peer);
+                            return;
+                        }
+                        let have: HashSet<u64> = request.have.into_iter().collect();
+                        let offers = self
+                            .book
+                            .offers_snapshot()
+                            .into_iter()
+                            .filter(|b| !have.contains(&offer_digest(b)))
+                            .take(MAX_PULL_OFFERS)
+                            .map(Bytes)
+                            .collect();
                         let _ = self
                             .swarm
                             .behaviour_mut()

@@ -75,6 +75,13 @@ impl Catalog {
     /// is at fault; `Ok(Admitted::Unchanged)` means nothing new but nobody to blame.
     pub fn admit(&mut self, bytes: &[u8], now: u64) -> Result<Admitted, OfferError> {
         let signed = SignedOffer::from_bytes(bytes)?;
+        // The same bytes as the offer held were verified when they came first: a copy
+        // (pulled or gossiped again) costs no signature check.
+        if let Some(held) = signed.claimed_provider().and_then(|p| self.entries.get(&p))
+            && held.bytes == bytes
+        {
+            return Ok(Admitted::Unchanged);
+        }
         let verified = match signed.verify(now) {
             Ok(v) => v,
             // Just-expired offers are still in flight honestly for a moment.
@@ -90,9 +97,6 @@ impl Catalog {
 
         if let Some(held) = self.entries.get(&provider) {
             let known = held.offer.offer().seq;
-            if seq == known && held.bytes == bytes {
-                return Ok(Admitted::Unchanged);
-            }
             if seq <= known {
                 let fresh = now.saturating_sub(held.received_at) < RACE_GRACE_SECS;
                 return if seq < known && fresh {

@@ -250,6 +250,14 @@ impl SignedOffer {
         postcard::to_stdvec(self).unwrap_or_default()
     }
 
+    /// The provider the body names, read without checking anything. Only for recognising
+    /// bytes already verified; never trust it otherwise.
+    pub fn claimed_provider(&self) -> Option<NodeId> {
+        postcard::take_from_bytes::<Offer>(&self.body)
+            .ok()
+            .map(|(o, _)| o.provider)
+    }
+
     /// Checks shape, signature and validity at `now` (unix seconds).
     pub fn verify(&self, now: u64) -> Result<VerifiedOffer, OfferError> {
         let (offer, rest): (Offer, _) = postcard::take_from_bytes(&self.body)

@@ -137,7 +137,7 @@ async fn not_found() -> ApiError {
 
 pub(crate) fn status(shared: &Shared) -> Status {
     let net = shared.net.state();
-    let provider = shared.provide.as_ref().map(|p| ProviderView {
+    let provider = shared.provide.borrow().as_ref().map(|p| ProviderView {
         country: p.country,
         price_per_gib: p.price.per_gib,
         price_per_hour: p.price.per_hour,

@@ -39,6 +39,14 @@ pub struct ProvideConfig {
 }
 
 impl ProvideConfig {
+    fn check(&self) -> Result<(), StartError> {
+        let secs = self.offer_lifetime.as_secs();
+        if !(10..=warren_types::offer::MAX_LIFETIME_SECS).contains(&secs) {
+            return Err(StartError::OfferLifetime(self.offer_lifetime));
+        }
+        Ok(())
+    }
+
     pub fn new(price: Price, country: Country) -> Self {
         Self {
             price,
@@ -96,7 +104,8 @@ pub(crate) struct Shared {
     pub market: Arc<Market>,
     pub net: Network,
     pub started: Instant,
-    pub provide: Option<ProvideConfig>,
+    /// What this node sells now; `None` while it does not provide.
+    pub provide: watch::Sender<Option<ProvideConfig>>,
     pub own_offer: watch::Sender<Option<Offer>>,
 }
 
@@ -108,16 +117,15 @@ pub struct NodeHandle {
     tasks: Vec<JoinHandle<()>>,
     api_addr: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
+    identity: warren_types::Identity,
+    provider: Option<(CancellationToken, JoinHandle<()>)>,
 }
 
 impl NodeHandle {
     /// Starts the network, the offer machinery and (if configured) the local API.
     pub async fn spawn(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
         if let Some(p) = &config.provide {
-            let secs = p.offer_lifetime.as_secs();
-            if !(10..=warren_types::offer::MAX_LIFETIME_SECS).contains(&secs) {
-                return Err(StartError::OfferLifetime(p.offer_lifetime));
-            }
+            p.check()?;
         }
         let cancel = CancellationToken::new();
         let market = Arc::new(Market::new());
@@ -144,7 +152,7 @@ impl NodeHandle {
             market,
             net,
             started: Instant::now(),
-            provide: config.provide.clone(),
+            provide: watch::channel(None).0,
             own_offer,
         });
 
@@ -153,14 +161,6 @@ impl NodeHandle {
             shared.market.clone(),
             cancel.clone(),
         )));
-        if let Some(provide) = config.provide {
-            tasks.push(tokio::spawn(market::provide_loop(
-                shared.clone(),
-                identity,
-                provide,
-                cancel.clone(),
-            )));
-        }
         if let Some(dir) = &config.data_dir {
             tasks.push(tokio::spawn(peer_cache::save_loop(
                 dir.clone(),
@@ -185,13 +185,46 @@ impl NodeHandle {
             api = ?api_addr,
             "node started"
         );
-        Ok(NodeHandle {
+        let mut handle = NodeHandle {
             shared,
             cancel,
             tasks,
             api_addr,
             data_dir: config.data_dir,
-        })
+            identity,
+            provider: None,
+        };
+        if let Some(provide) = config.provide {
+            handle.start_providing(provide).await?;
+        }
+        Ok(handle)
+    }
+
+    /// Starts selling (or changes what is sold): signs and gossips an offer now and keeps
+    /// it fresh until [`NodeHandle::stop_providing`] or shutdown.
+    pub async fn start_providing(&mut self, provide: ProvideConfig) -> Result<(), StartError> {
+        provide.check()?;
+        self.stop_providing().await;
+        let token = self.cancel.child_token();
+        self.shared.provide.send_replace(Some(provide.clone()));
+        let task = tokio::spawn(market::provide_loop(
+            self.shared.clone(),
+            self.identity.clone(),
+            provide,
+            token.clone(),
+        ));
+        self.provider = Some((token, task));
+        Ok(())
+    }
+
+    /// Stops re-signing this node's offer; peers drop it when it expires.
+    pub async fn stop_providing(&mut self) {
+        if let Some((token, task)) = self.provider.take() {
+            token.cancel();
+            let _ = task.await;
+        }
+        self.shared.provide.send_replace(None);
+        self.shared.own_offer.send_replace(None);
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -258,7 +291,8 @@ impl NodeHandle {
     }
 
     /// Stops every task, saves the peer cache and waits for the tasks to end.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
+        self.stop_providing().await;
         let known = self.shared.net.state().known_peers;
         self.cancel.cancel();
         for t in self.tasks {

@@ -49,6 +49,13 @@ pub struct TestNet {
     providers: Vec<NodeId>,
 }
 
+/// What provider `i` sells: the testnet's plan, with offers that outlive any test.
+fn plan(i: usize) -> warren_node::ProvideConfig {
+    let mut plan = provider_plan(i);
+    plan.offer_lifetime = Duration::from_secs(600);
+    plan
+}
+
 /// A small deterministic generator, so a topology can be reproduced from its seed.
 fn next(state: &mut u64) -> u64 {
     *state ^= *state << 13;
@@ -81,9 +88,7 @@ impl TestNet {
             }
             let mut config = NodeConfig::new(net);
             if i < shape.providers {
-                let mut plan = provider_plan(i);
-                plan.offer_lifetime = Duration::from_secs(600);
-                config.provide = Some(plan);
+                config.provide = Some(plan(i));
             }
             let node = NodeHandle::spawn(config).await?;
             if i < shape.providers {
@@ -92,6 +97,22 @@ impl TestNet {
             nodes.push(node);
         }
         Ok(TestNet { nodes, providers })
+    }
+
+    /// Makes nodes `range` start selling now, into a network that has already formed.
+    pub async fn start_providers(
+        &mut self,
+        range: std::ops::Range<usize>,
+    ) -> Result<(), StartError> {
+        for i in range {
+            let node = &mut self.nodes[i];
+            node.start_providing(plan(i)).await?;
+            let id = node.node_id();
+            if !self.providers.contains(&id) {
+                self.providers.push(id);
+            }
+        }
+        Ok(())
     }
 
     pub fn providers(&self) -> &[NodeId] {

@@ -101,3 +101,22 @@ async fn a_peer_gossiping_forged_offers_is_refused_and_banned() {
     mallory.shutdown().await;
     honest.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_started_after_the_network_formed_reach_everyone() {
+    let mut net = TestNet::spawn(Shape {
+        nodes: 30,
+        providers: 0,
+        degree: 3,
+    })
+    .await
+    .expect("spawn");
+    net.start_providers(10..15).await.expect("provide");
+    let done = net.wait_all_offers(Duration::from_secs(30)).await;
+    assert_eq!(done, 30, "only {done} of 30 nodes saw all 5 late offers");
+    // Stopping one provider clears its own offer at once.
+    net.nodes[10].stop_providing().await;
+    assert!(net.nodes[10].own_offer().is_none());
+    assert!(net.nodes[10].status().provider.is_none());
+    net.shutdown().await;
+}

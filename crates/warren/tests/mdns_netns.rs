@@ -119,6 +119,21 @@ impl NetnsPair {
         pair
     }
 
+    /// Starts a provider (DE, 0.05 WRN/GiB, 0.01 WRN/hour) in `a` and a consumer in `b`,
+    /// each listening on its veth address, neither with a bootstrap peer; `extra` goes to
+    /// both.
+    fn start_both(&self, extra: &[&str]) -> (NodeProc, NodeProc) {
+        let listen_a = format!("/ip4/{}/tcp/0", self.addr_a);
+        let mut args = vec!["--listen", &listen_a, "--provide", "--price-gib", "0.05"];
+        args.extend(["--price-hour", "0.01", "--country", "DE"]);
+        args.extend(extra);
+        let provider = self.start(&self.a, &args);
+        let listen_b = format!("/ip4/{}/tcp/0", self.addr_b);
+        let mut args = vec!["--listen", listen_b.as_str()];
+        args.extend(extra);
+        (provider, self.start(&self.b, &args))
+    }
+
     /// Starts `warren node args…` inside namespace `ns`.
     fn start(&self, ns: &str, args: &[&str]) -> NodeProc {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -204,23 +219,7 @@ fn mdns_finds_a_provider_across_a_veth_pair() {
     // Declared first, so it is dropped last: the nodes are killed before their namespaces go.
     let net = NetnsPair::create("m", 213);
     // mDNS on (no --no-mdns) and no --bootstrap: discovery is the only way they meet.
-    let listen_a = format!("/ip4/{}/tcp/0", net.addr_a);
-    let provider = net.start(
-        &net.a,
-        &[
-            "--listen",
-            &listen_a,
-            "--provide",
-            "--price-gib",
-            "0.05",
-            "--price-hour",
-            "0.01",
-            "--country",
-            "DE",
-        ],
-    );
-    let listen_b = format!("/ip4/{}/tcp/0", net.addr_b);
-    let consumer = net.start(&net.b, &["--listen", &listen_b]);
+    let (provider, consumer) = net.start_both(&[]);
     assert!(!provider.id.is_empty() && provider.id != consumer.id);
 
     let mut last = None;
@@ -282,24 +281,7 @@ fn without_mdns_nodes_in_the_namespaces_stay_apart() {
         return;
     }
     let net = NetnsPair::create("n", 214);
-    let listen_a = format!("/ip4/{}/tcp/0", net.addr_a);
-    let provider = net.start(
-        &net.a,
-        &[
-            "--no-mdns",
-            "--listen",
-            &listen_a,
-            "--provide",
-            "--price-gib",
-            "0.05",
-            "--price-hour",
-            "0.01",
-            "--country",
-            "DE",
-        ],
-    );
-    let listen_b = format!("/ip4/{}/tcp/0", net.addr_b);
-    let consumer = net.start(&net.b, &["--no-mdns", "--listen", &listen_b]);
+    let (provider, consumer) = net.start_both(&["--no-mdns"]);
 
     // Long enough for mDNS to have worked: with it on, the offer arrives in under a second.
     std::thread::sleep(Duration::from_secs(4));

@@ -110,7 +110,7 @@ impl OffersArgs {
             target: Duration::from_secs(10),
             workers: None,
             progress: false,
-            settle: Duration::from_secs(5),
+            settle: Duration::from_secs(30),
         };
         let mut i = 0;
         while i < args.len() {
@@ -198,8 +198,8 @@ fn offers_main(args: &[String]) -> Result<(), String> {
         );
     } else {
         println!(
-            "offers: the network forms first (spawn, then {:.0} s to settle); then the \
-             providers start selling. total = from that start until the last node holds \
+            "offers: the network forms first (spawn, then until the process is quiet, at \
+             most {:.0} s); then the providers start selling. total = from that start until the last node holds \
              every offer. The target ({:.0} s) is compared with total.",
             args.settle.as_secs_f64(),
             args.target.as_secs_f64()
@@ -244,6 +244,8 @@ struct Run {
     min_offers: usize,
     shutdown: Duration,
     late: bool,
+    /// How long the network took to settle, and whether it got quiet (or hit the limit).
+    settled: Option<(Duration, bool)>,
 }
 
 impl Run {
@@ -274,6 +276,17 @@ impl Run {
             target.as_secs_f64(),
             self.total.as_secs_f64() / target.as_secs_f64(),
         );
+        if let Some((took, quiet)) = self.settled {
+            println!(
+                "offers:   the network settled for {:.1}s before the providers started ({})",
+                took.as_secs_f64(),
+                if quiet {
+                    "quiet: under 0.25 CPU s/s for 3 s"
+                } else {
+                    "NOT quiet: hit the --settle limit"
+                }
+            );
+        }
         if self.timed_out {
             println!(
                 "offers:   TIMED OUT: only {}/{nodes} nodes held all {providers} offers; the \
@@ -328,10 +341,28 @@ async fn run_once(
         .await
         .map_err(|e| format!("TestNet::spawn({} nodes): {e}", shape.nodes))?;
     let spawn = start.elapsed();
+    let mut settled = None;
     if late {
-        // A benchmark, not a test: a fixed pause lets Kademlia and gossipsub meshes form,
-        // so what follows measures offers spreading through a market that exists.
-        tokio::time::sleep(settle).await;
+        // Let Kademlia and the gossipsub meshes form, so what follows measures offers
+        // spreading through a market that exists: wait until the process has been quiet
+        // (under a quarter of a core) for 3 seconds in a row, for at most `settle`.
+        let began = Instant::now();
+        let mut last = proc_stat::cpu_secs();
+        let mut quiet = 0;
+        while quiet < 3 && began.elapsed() < settle {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = proc_stat::cpu_secs();
+            quiet = if now - last < 0.25 { quiet + 1 } else { 0 };
+            if progress {
+                eprintln!(
+                    "  [settling {:5.1}s] {:.2} CPU s in the last second",
+                    began.elapsed().as_secs_f64(),
+                    now - last
+                );
+            }
+            last = now;
+        }
+        settled = Some((began.elapsed(), quiet >= 3));
         start = Instant::now();
         net.start_providers(0..shape.providers)
             .await
@@ -437,5 +468,6 @@ async fn run_once(
         min_offers,
         shutdown,
         late,
+        settled,
     })
 }

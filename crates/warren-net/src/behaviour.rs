@@ -85,7 +85,7 @@ pub(crate) struct Behaviour {
     pub gossipsub: gossipsub::Behaviour,
     pub pull: request_response::cbor::Behaviour<PullRequest, PullResponse>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
-    pub autonat: autonat::Behaviour,
+    pub autonat: Toggle<autonat::Behaviour>,
     pub relay_server: Toggle<relay::Behaviour>,
     pub relay_client: relay::client::Behaviour,
     pub dcutr: dcutr::Behaviour,
@@ -169,7 +169,10 @@ fn make_behaviour(
         gossipsub,
         pull,
         mdns: mdns.into(),
-        autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
+        autonat: config
+            .autonat
+            .then(|| autonat::Behaviour::new(peer_id, autonat::Config::default()))
+            .into(),
         relay_server: relay_server.into(),
         relay_client,
         dcutr: dcutr::Behaviour::new(peer_id),

@@ -56,6 +56,8 @@ pub struct NetConfig {
     pub mdns: bool,
     /// Serve as a circuit relay v2 hop for peers behind NAT.
     pub relay_server: bool,
+    /// Probe reachability with AutoNAT (meaningless on the in-memory transport).
+    pub autonat: bool,
     /// How often Kademlia refreshes its routing table; `None` turns it off.
     pub kad_bootstrap_interval: Option<Duration>,
     pub gossip_heartbeat: Duration,
@@ -75,6 +77,7 @@ impl NetConfig {
             known_peers: Vec::new(),
             mdns: true,
             relay_server: true,
+            autonat: true,
             kad_bootstrap_interval: Some(Duration::from_secs(300)),
             gossip_heartbeat: Duration::from_secs(1),
             idle_connection_timeout: Duration::from_secs(120),

@@ -29,6 +29,7 @@ pub fn memory_net(identity: Identity) -> NetConfig {
     net.mdns = false;
     net.kad_bootstrap_interval = None;
     net.relay_server = false;
+    net.autonat = false;
     net
 }
 

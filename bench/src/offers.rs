@@ -52,6 +52,13 @@ VmRSS/VmHWM from /proc.
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // WARREN_LOG (e.g. "libp2p_swarm=debug") shows what the in-process nodes do.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     if args.iter().any(|a| a == "-h" || a == "--help") {
         print!("{USAGE}");
         return ExitCode::SUCCESS;

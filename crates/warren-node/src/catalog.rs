@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 
-use serde::Deserialize;
 use warren_types::{
     Amount, Country, NodeId, Offer, OfferError, Service, SignedOffer, VerifiedOffer,
 };
@@ -45,7 +44,7 @@ pub enum RemovalReason {
 }
 
 /// Which offers a caller wants. Every field narrows the list.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default)]
 pub struct OfferFilter {
     pub country: Option<Country>,
     pub max_price_per_gib: Option<Amount>,

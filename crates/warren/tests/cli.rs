@@ -15,6 +15,23 @@ fn nowhere() -> SocketAddr {
     format!("127.0.0.1:{}", free_port()).parse().unwrap()
 }
 
+/// Runs `warren init --recover EXTRA…` with `input` on standard input.
+fn recover(dir: &std::path::Path, extra: &[&str], input: &str) -> std::process::Output {
+    let mut child = Command::new(warren_bin())
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["init", "--recover"])
+        .args(extra)
+        .env_remove("WARREN_PASSPHRASE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{input}").unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -51,18 +68,7 @@ fn init_shows_the_phrase_once_and_recover_restores_the_same_id() {
 
     // Recover on "another machine" from the phrase on stdin.
     let other = tempfile::tempdir().unwrap();
-    let mut child = Command::new(warren_bin())
-        .arg("--data-dir")
-        .arg(other.path())
-        .args(["init", "--recover", "--json"])
-        .env_remove("WARREN_PASSPHRASE")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{phrase}").unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = recover(other.path(), &["--json"], &phrase);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["node_id"].as_str(), Some(id.as_str()));
@@ -82,17 +88,7 @@ fn recover_rejects_a_bad_phrase_and_an_empty_stdin() {
         "{}",
         stderr(&out)
     );
-    let mut child = Command::new(warren_bin())
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["init", "--recover"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "correct horse battery staple").unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = recover(dir.path(), &[], "correct horse battery staple");
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("recovery phrase is not valid"),

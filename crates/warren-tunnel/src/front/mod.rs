@@ -1,0 +1,1 @@
+//! Consumer-side fronts: each accepted client connection becomes one flow.

@@ -89,6 +89,7 @@ pub(crate) struct Behaviour {
     pub relay_server: Toggle<relay::Behaviour>,
     pub relay_client: relay::client::Behaviour,
     pub dcutr: dcutr::Behaviour,
+    pub streams: libp2p_stream::Behaviour,
 }
 
 fn transport_err(what: &'static str) -> impl Fn(String) -> SpawnError {
@@ -176,6 +177,7 @@ fn make_behaviour(
         relay_server: relay_server.into(),
         relay_client,
         dcutr: dcutr::Behaviour::new(peer_id),
+        streams: libp2p_stream::Behaviour::new(),
     })
 }
 

@@ -2,6 +2,7 @@
 
 mod behaviour;
 mod score;
+mod streams;
 mod task;
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use warren_types::{Identity, NodeId};
 
 pub use score::{PeerScores, ScoreChange};
+pub use streams::{Incoming, NetStream, StreamError, Streams};
 
 /// What the network asks of the node about offers. Called on the swarm task, so both
 /// methods must be quick and must not block on the network.
@@ -127,6 +129,21 @@ pub enum SpawnError {
 pub(crate) enum Command {
     PublishOffer(Vec<u8>),
     Dial(String),
+    Connect {
+        peer: NodeId,
+        addrs: Vec<String>,
+        reply: tokio::sync::oneshot::Sender<Result<(), ConnectError>>,
+    },
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectError {
+    #[error("node id {0} has no libp2p peer id")]
+    BadPeer(NodeId),
+    #[error("could not reach the peer: {0}")]
+    Dial(String),
+    #[error("the network task has stopped")]
+    Gone,
 }
 
 /// A handle to the swarm task. Cloning it is cheap; the task ends when `cancel` fires.
@@ -135,6 +152,7 @@ pub struct Network {
     local_id: NodeId,
     commands: mpsc::Sender<Command>,
     state: watch::Receiver<NetState>,
+    streams: Streams,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,12 +171,14 @@ impl Network {
         let (commands_tx, commands_rx) = mpsc::channel(256);
         let (state_tx, state_rx) = watch::channel(NetState::default());
         let runner = task::SwarmTask::new(config, book, commands_rx, state_tx).await?;
+        let streams = Streams::new(runner.stream_control());
         let join = tokio::spawn(runner.run(cancel));
         Ok((
             Network {
                 local_id,
                 commands: commands_tx,
                 state: state_rx,
+                streams,
             },
             join,
         ))
@@ -182,6 +202,23 @@ impl Network {
             .send(Command::Dial(addr))
             .await
             .map_err(|_| NetworkGone)
+    }
+
+    /// Connects to `peer` on `addrs` (QUIC addresses are tried first) unless already
+    /// connected, and returns once a connection is up. Not cancel-safe in the sense that a
+    /// dropped call may still leave the dial running; the connection is then simply kept.
+    pub async fn connect(&self, peer: NodeId, addrs: Vec<String>) -> Result<(), ConnectError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(Command::Connect { peer, addrs, reply })
+            .await
+            .map_err(|_| ConnectError::Gone)?;
+        rx.await.map_err(|_| ConnectError::Gone)?
+    }
+
+    /// Raw streams to peers (sessions and flows).
+    pub fn streams(&self) -> &Streams {
+        &self.streams
     }
 
     pub fn state(&self) -> NetState {

@@ -26,7 +26,8 @@ use crate::behaviour::{
 };
 use crate::score::{PeerScores, ScoreChange};
 use crate::{
-    Command, KnownPeer, NetConfig, NetState, OfferBook, Reachability, SpawnError, Verdict,
+    Command, ConnectError, KnownPeer, NetConfig, NetState, OfferBook, Reachability, SpawnError,
+    Verdict,
 };
 
 /// Peers remembered for the next start.
@@ -40,6 +41,8 @@ const MAX_RELAY_RESERVATIONS: usize = 2;
 const RELAY_HOP_PROTOCOL: &str = "/libp2p/circuit/relay/0.2.0/hop";
 /// How often a node asks one peer for offers it may have missed (anti-entropy).
 const REPULL_EVERY: Duration = Duration::from_secs(30);
+/// Callers waiting on one peer's connection.
+const MAX_CONNECT_WAITERS: usize = 64;
 /// How long spawn waits for listeners to bind.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -94,6 +97,8 @@ pub(crate) struct SwarmTask {
     ids: HashMap<PeerId, Option<NodeId>>,
     /// Turns the anti-entropy pull over the connected peers.
     repulls: usize,
+    /// Callers of `Network::connect` waiting for a connection to each peer.
+    connecting: HashMap<PeerId, Vec<tokio::sync::oneshot::Sender<Result<(), ConnectError>>>>,
 }
 
 fn cached_node(ids: &mut HashMap<PeerId, Option<NodeId>>, peer: &PeerId) -> Option<NodeId> {
@@ -135,6 +140,7 @@ impl SwarmTask {
             dirty: true,
             ids: HashMap::new(),
             repulls: 0,
+            connecting: HashMap::new(),
         };
 
         // Wait until each listener has bound, so callers can hand out real addresses.
@@ -321,8 +327,53 @@ impl SwarmTask {
         self.dirty = true;
     }
 
+    /// A control for raw streams over this swarm's connections.
+    pub(crate) fn stream_control(&self) -> libp2p_stream::Control {
+        self.swarm.behaviour().streams.new_control()
+    }
+
+    fn connect(
+        &mut self,
+        node: NodeId,
+        addrs: Vec<String>,
+        reply: tokio::sync::oneshot::Sender<Result<(), ConnectError>>,
+    ) {
+        let Some(peer) = node_to_peer(&node) else {
+            let _ = reply.send(Err(ConnectError::BadPeer(node)));
+            return;
+        };
+        if self.swarm.is_connected(&peer) {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        let mut addrs: Vec<Multiaddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        // QUIC first: it carries many flows without head-of-line blocking.
+        addrs.sort_by_key(|a| !a.iter().any(|p| matches!(p, Protocol::QuicV1)));
+        for a in &addrs {
+            self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        match self.swarm.dial(opts) {
+            Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {
+                let waiting = self.connecting.entry(peer).or_default();
+                if waiting.len() < MAX_CONNECT_WAITERS {
+                    waiting.push(reply);
+                } else {
+                    let _ = reply.send(Err(ConnectError::Dial("too many waiting connects".into())));
+                }
+            }
+            Err(e) => {
+                let _ = reply.send(Err(ConnectError::Dial(e.to_string())));
+            }
+        }
+    }
+
     fn handle_command(&mut self, cmd: Command) {
         match cmd {
+            Command::Connect { peer, addrs, reply } => self.connect(peer, addrs, reply),
             Command::PublishOffer(bytes) => {
                 let topic = self.topic.clone();
                 match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
@@ -386,6 +437,9 @@ impl SwarmTask {
                 {
                     self.remember(peer_id, address.clone());
                 }
+                for reply in self.connecting.remove(&peer_id).unwrap_or_default() {
+                    let _ = reply.send(Ok(()));
+                }
                 if num_established.get() == 1 {
                     debug!(%peer_id, "connected; pulling its offers");
                     self.pull_from(peer_id);
@@ -402,6 +456,15 @@ impl SwarmTask {
                     self.reservations.remove(&peer_id);
                 }
                 self.dirty = true;
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } if !self.swarm.is_connected(&peer) => {
+                for reply in self.connecting.remove(&peer).unwrap_or_default() {
+                    let _ = reply.send(Err(ConnectError::Dial(error.to_string())));
+                }
             }
             SwarmEvent::Behaviour(event) => self.handle_behaviour(event),
             _ => {}

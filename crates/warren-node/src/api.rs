@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -15,6 +16,8 @@ use warren_types::{Amount, Country, IpKind, NodeId, Offer, Service};
 
 use crate::Shared;
 use crate::catalog::OfferFilter;
+use crate::session::consumer::{ConnectError, ConnectRequest, SessionView};
+use crate::session::provider::ServedView;
 
 /// An offer as the API shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,7 +77,9 @@ pub struct Status {
     pub offers: usize,
     pub provider: Option<ProviderView>,
     /// The consumer session; null while none is open.
-    pub session: Option<serde_json::Value>,
+    pub session: Option<SessionView>,
+    /// Sessions this node serves as a provider.
+    pub serving: usize,
     pub uptime_secs: u64,
 }
 
@@ -123,6 +128,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/api/v1/status", get(get_status))
         .route("/api/v1/offers", get(get_offers))
+        .route(
+            "/api/v1/session",
+            get(get_session).post(post_session).delete(delete_session),
+        )
+        .route("/api/v1/provider/sessions", get(get_served))
         .fallback(not_found)
         .with_state(shared)
 }
@@ -131,7 +141,7 @@ async fn not_found() -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
         kind: "not_found",
-        message: "no such endpoint; see /api/v1/status and /api/v1/offers".into(),
+        message: "no such endpoint; see /api/v1/status, /api/v1/offers and /api/v1/session".into(),
     }
 }
 
@@ -152,7 +162,8 @@ pub(crate) fn status(shared: &Shared) -> Status {
         reachability: net.reachability,
         offers: shared.market.len(),
         provider,
-        session: None,
+        session: shared.consumer.view(),
+        serving: shared.provider.sessions().len(),
         uptime_secs: shared.started.elapsed().as_secs(),
     }
 }
@@ -208,6 +219,52 @@ async fn get_offers(
             .map(OfferView::from)
             .collect(),
     ))
+}
+
+async fn get_session(State(shared): State<Arc<Shared>>) -> Json<Option<SessionView>> {
+    Json(shared.consumer.view())
+}
+
+/// `POST /api/v1/session`: body is a [`ConnectRequest`] (every field optional; an empty body
+/// means any provider). Answers the opened session.
+async fn post_session(
+    State(shared): State<Arc<Shared>>,
+    body: Bytes,
+) -> Result<Json<SessionView>, ApiError> {
+    let req: ConnectRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ConnectRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("bad connect request: {e}")))?
+    };
+    shared.consumer.connect(req).await.map(Json).map_err(|e| {
+        let (status, kind) = match e {
+            ConnectError::NoOffers(_) => (StatusCode::NOT_FOUND, "no_offers"),
+            ConnectError::AllFailed(_) => (StatusCode::BAD_GATEWAY, "providers_failed"),
+            ConnectError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        };
+        ApiError {
+            status,
+            kind,
+            message: e.to_string(),
+        }
+    })
+}
+
+/// Whether `DELETE /api/v1/session` closed a session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disconnected {
+    pub closed: bool,
+}
+
+async fn delete_session(State(shared): State<Arc<Shared>>) -> Json<Disconnected> {
+    Json(Disconnected {
+        closed: shared.consumer.disconnect().await,
+    })
+}
+
+async fn get_served(State(shared): State<Arc<Shared>>) -> Json<Vec<ServedView>> {
+    Json(shared.provider.sessions())
 }
 
 #[cfg(test)]

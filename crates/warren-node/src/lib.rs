@@ -2,9 +2,11 @@
 
 pub mod api;
 pub mod catalog;
+pub mod config;
 pub mod keystore;
 mod market;
 mod peer_cache;
+pub mod session;
 pub mod testnet;
 
 use std::net::SocketAddr;
@@ -67,6 +69,21 @@ pub struct NodeConfig {
     /// Where the local API listens; `None` runs no API server.
     pub api: Option<SocketAddr>,
     pub provide: Option<ProvideConfig>,
+    /// What the exit lets through, when this node provides.
+    pub exit: config::ExitConfig,
+    /// The consumer's SOCKS5 front; `None` runs none.
+    pub socks: Option<ProxyListen>,
+    /// The consumer's HTTP proxy front; `None` runs none.
+    pub http_proxy: Option<ProxyListen>,
+}
+
+/// Where a proxy front listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxyListen {
+    pub addr: SocketAddr,
+    /// An address the user chose: failing to bind it stops the node. A default address that
+    /// is taken only gives a warning.
+    pub required: bool,
 }
 
 impl NodeConfig {
@@ -76,6 +93,9 @@ impl NodeConfig {
             data_dir: None,
             api: None,
             provide: None,
+            exit: config::ExitConfig::default(),
+            socks: None,
+            http_proxy: None,
         }
     }
 }
@@ -90,6 +110,14 @@ pub enum StartError {
     ApiInUse { addr: SocketAddr, reason: String },
     #[error("offer lifetime {0:?} is outside 10 s ..= 3600 s")]
     OfferLifetime(Duration),
+    #[error("the {what} address {addr} is taken ({reason}); pass a free address")]
+    ProxyInUse {
+        what: &'static str,
+        addr: SocketAddr,
+        reason: String,
+    },
+    #[error("the exit policy is invalid: {0}")]
+    Exit(String),
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -107,6 +135,8 @@ pub(crate) struct Shared {
     /// What this node sells now; `None` while it does not provide.
     pub provide: watch::Sender<Option<ProvideConfig>>,
     pub own_offer: watch::Sender<Option<Offer>>,
+    pub consumer: Arc<session::consumer::Consumer>,
+    pub provider: Arc<session::provider::Provider>,
 }
 
 /// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
@@ -116,6 +146,8 @@ pub struct NodeHandle {
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     api_addr: Option<SocketAddr>,
+    socks_addr: Option<SocketAddr>,
+    http_proxy_addr: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     identity: warren_types::Identity,
     provider: Option<(CancellationToken, JoinHandle<()>)>,
@@ -145,18 +177,52 @@ impl NodeHandle {
             None => None,
         };
         let api_addr = api_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let socks_listener = bind_proxy("SOCKS5", config.socks).await?;
+        let http_listener = bind_proxy("HTTP proxy", config.http_proxy).await?;
+        let exit = config.exit.build().map_err(StartError::Exit)?;
 
         let (net, net_task) = Network::spawn(config.net, market.clone(), cancel.clone()).await?;
-        let (own_offer, _) = watch::channel(None);
+        let (own_offer, own_offer_rx) = watch::channel(None);
+        let consumer =
+            session::consumer::Consumer::new(market.clone(), net.clone(), cancel.clone());
+        let provider = session::provider::Provider::new(exit.0, exit.1, own_offer_rx);
         let shared = Arc::new(Shared {
             market,
             net,
             started: Instant::now(),
             provide: watch::channel(None).0,
             own_offer,
+            consumer,
+            provider,
         });
 
         let mut tasks = vec![net_task];
+        tasks.extend(
+            shared
+                .provider
+                .spawn(&shared.net, cancel.clone())
+                .map_err(|e| StartError::Exit(e.to_string()))?,
+        );
+        let opener: Arc<dyn warren_tunnel::FlowOpener> =
+            Arc::new(session::consumer::SessionFlows(shared.consumer.clone()));
+        let socks_addr = socks_listener.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(listener) = socks_listener {
+            tasks.push(tokio::spawn(warren_tunnel::front::serve_socks5(
+                listener,
+                opener.clone(),
+                warren_tunnel::front::FrontConfig::default(),
+                cancel.clone(),
+            )));
+        }
+        let http_proxy_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(listener) = http_listener {
+            tasks.push(tokio::spawn(warren_tunnel::front::serve_http_proxy(
+                listener,
+                opener,
+                warren_tunnel::front::FrontConfig::default(),
+                cancel.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(market::expire_loop(
             shared.market.clone(),
             cancel.clone(),
@@ -190,6 +256,8 @@ impl NodeHandle {
             cancel,
             tasks,
             api_addr,
+            socks_addr,
+            http_proxy_addr,
             data_dir: config.data_dir,
             identity,
             provider: None,
@@ -233,6 +301,39 @@ impl NodeHandle {
 
     pub fn api_addr(&self) -> Option<SocketAddr> {
         self.api_addr
+    }
+
+    /// Where the SOCKS5 front listens, if it runs.
+    pub fn socks_addr(&self) -> Option<SocketAddr> {
+        self.socks_addr
+    }
+
+    /// Where the HTTP proxy front listens, if it runs.
+    pub fn http_proxy_addr(&self) -> Option<SocketAddr> {
+        self.http_proxy_addr
+    }
+
+    /// Opens a consumer session (see [`session::consumer::Consumer::connect`]).
+    pub async fn connect(
+        &self,
+        req: session::consumer::ConnectRequest,
+    ) -> Result<session::consumer::SessionView, session::consumer::ConnectError> {
+        self.shared.consumer.connect(req).await
+    }
+
+    /// Closes the consumer session; returns whether one was open.
+    pub async fn disconnect(&self) -> bool {
+        self.shared.consumer.disconnect().await
+    }
+
+    /// The consumer's session now.
+    pub fn session(&self) -> Option<session::consumer::SessionView> {
+        self.shared.consumer.view()
+    }
+
+    /// Sessions this node serves as a provider.
+    pub fn served(&self) -> Vec<session::provider::ServedView> {
+        self.shared.provider.sessions()
     }
 
     pub fn network(&self) -> &Network {
@@ -302,6 +403,31 @@ impl NodeHandle {
             peer_cache::save(dir, &known);
         }
         info!(node = %self.shared.net.local_id(), "node stopped");
+    }
+}
+
+/// Binds a proxy front. A taken default address warns and the node runs on without it.
+async fn bind_proxy(
+    what: &'static str,
+    listen: Option<ProxyListen>,
+) -> Result<Option<tokio::net::TcpListener>, StartError> {
+    let Some(listen) = listen else {
+        return Ok(None);
+    };
+    match tokio::net::TcpListener::bind(listen.addr).await {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if !listen.required => {
+            warn!(
+                "the {what} address {} is taken ({e}); running without it. Pass another address to use it",
+                listen.addr
+            );
+            Ok(None)
+        }
+        Err(e) => Err(StartError::ProxyInUse {
+            what,
+            addr: listen.addr,
+            reason: e.to_string(),
+        }),
     }
 }
 

@@ -7,7 +7,15 @@ use std::net::SocketAddr;
 use warren_net::NetConfig;
 use warren_types::{Amount, IpKind, Price};
 
-use crate::{NodeConfig, NodeHandle, ProvideConfig, StartError};
+use crate::{NodeConfig, NodeHandle, ProvideConfig, ProxyListen, StartError};
+
+/// What a testnet's exits may reach besides the public internet: this machine's loopback.
+const LOOPBACK: ipnet::IpNet = ipnet::IpNet::V4(
+    match ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(127, 0, 0, 0), 8) {
+        Ok(n) => n,
+        Err(_) => panic!("127.0.0.0/8 is a valid network"),
+    },
+);
 
 pub const MAX_PROVIDERS: usize = 64;
 const COUNTRIES: [&str; 12] = [
@@ -62,12 +70,23 @@ pub fn provider_plan(i: usize) -> ProvideConfig {
 }
 
 impl Testnet {
-    pub async fn start(providers: usize, api: SocketAddr) -> Result<Testnet, TestnetError> {
+    /// Starts the network: the consumer's API on `api` and its SOCKS5 proxy on `socks` (a
+    /// taken SOCKS5 port only warns); providers let their exits reach 127.0.0.0/8, so a
+    /// newcomer can try the whole path offline.
+    pub async fn start(
+        providers: usize,
+        api: SocketAddr,
+        socks: Option<SocketAddr>,
+    ) -> Result<Testnet, TestnetError> {
         if !(1..=MAX_PROVIDERS).contains(&providers) {
             return Err(TestnetError::Providers(providers));
         }
         let mut consumer = NodeConfig::new(loopback_net());
         consumer.api = Some(api);
+        consumer.socks = socks.map(|addr| ProxyListen {
+            addr,
+            required: false,
+        });
         let consumer = NodeHandle::spawn(consumer).await?;
         let bootstrap = consumer.dial_addrs();
 
@@ -77,6 +96,7 @@ impl Testnet {
             net.bootstrap = bootstrap.clone();
             let mut config = NodeConfig::new(net);
             config.provide = Some(provider_plan(i));
+            config.exit.allow = vec![LOOPBACK];
             handles.push(NodeHandle::spawn(config).await?);
         }
         Ok(Testnet {

@@ -114,10 +114,58 @@ pub struct Price {
     pub per_hour: Amount,
 }
 
+const GIB: u128 = 1 << 30;
+const SECS_PER_HOUR: u128 = 3600;
+
+impl Price {
+    /// What `bytes` of payload (both directions) over `duration` cost: per-GiB price × bytes
+    /// plus per-hour price × whole seconds, as one fraction rounded up to a whole nano-WRN.
+    /// Saturates at `u64::MAX` nano-WRN (18 billion WRN) instead of overflowing.
+    pub fn cost(&self, bytes: u64, duration: std::time::Duration) -> Amount {
+        let traffic = u128::from(self.per_gib.nano()).checked_mul(u128::from(bytes));
+        let time = u128::from(self.per_hour.nano()).checked_mul(u128::from(duration.as_secs()));
+        let numerator = traffic
+            .and_then(|t| t.checked_mul(SECS_PER_HOUR))
+            .zip(time.and_then(|t| t.checked_mul(GIB)))
+            .and_then(|(t, h)| t.checked_add(h));
+        match numerator {
+            Some(n) => Amount::from_nano(
+                u64::try_from(n.div_ceil(GIB * SECS_PER_HOUR)).unwrap_or(u64::MAX),
+            ),
+            None => Amount::from_nano(u64::MAX),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn cost_is_exact_and_rounds_up() {
+        use std::time::Duration;
+        let p = Price {
+            per_gib: Amount::from_nano(NANO_PER_WRN),
+            per_hour: Amount::from_nano(3600),
+        };
+        assert_eq!(p.cost(0, Duration::ZERO), Amount::from_nano(0));
+        assert_eq!(
+            p.cost(1 << 30, Duration::ZERO),
+            Amount::from_nano(NANO_PER_WRN)
+        );
+        assert_eq!(p.cost(0, Duration::from_millis(2999)), Amount::from_nano(2));
+        // One byte at 1 WRN/GiB is 0.93 nano-WRN: rounds up to 1.
+        assert_eq!(p.cost(1, Duration::ZERO), Amount::from_nano(1));
+        let max = Price {
+            per_gib: Amount::from_nano(u64::MAX),
+            per_hour: Amount::from_nano(u64::MAX),
+        };
+        assert_eq!(
+            max.cost(u64::MAX, Duration::from_secs(u64::MAX)),
+            Amount::from_nano(u64::MAX)
+        );
+    }
 
     #[test]
     fn parses_decimal_wrn_exactly() {

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use warren_types::{Amount, Country, IpKind};
+use warren_types::{Amount, Country, IpKind, NodeId};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,6 +59,29 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Open a session with the best matching provider; the SOCKS5 and HTTP proxies then
+    /// carry traffic through it.
+    Connect {
+        /// This provider (a node id from `warren offers`).
+        #[arg(long, value_name = "ID", conflicts_with = "country")]
+        provider: Option<NodeId>,
+        /// The cheapest (then quickest) provider in this country.
+        #[arg(long, value_name = "CC")]
+        country: Option<Country>,
+        /// Use no offer above this price per GiB, in WRN.
+        #[arg(long, value_name = "WRN")]
+        max_price_gib: Option<Amount>,
+        /// Use no offer above this price per hour, in WRN.
+        #[arg(long, value_name = "WRN")]
+        max_price_hour: Option<Amount>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Close the session.
+    Disconnect {
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the node's id, addresses, peers and session.
     Status {
         #[arg(long)]
@@ -105,4 +128,20 @@ pub struct NodeArgs {
     /// Do not serve as a circuit relay for peers behind NAT.
     #[arg(long)]
     pub no_relay_server: bool,
+    /// Let the exit reach this network although the default policy denies it (e.g.
+    /// 127.0.0.0/8 for a test network on one machine); repeatable.
+    #[arg(long, value_name = "CIDR")]
+    pub exit_allow: Vec<ipnet::IpNet>,
+    /// The SOCKS5 proxy for this node's own traffic. Default 127.0.0.1:1080 (if that port is
+    /// taken the node warns and runs without it); "off" runs none.
+    #[arg(long, value_name = "ADDR")]
+    pub socks: Option<String>,
+    /// An HTTP proxy (CONNECT and plain http:// requests) for this node's own traffic;
+    /// none unless given.
+    #[arg(long, value_name = "ADDR")]
+    pub http_proxy: Option<SocketAddr>,
+    /// The config file (exit rules and caps). Default: config.toml in the data directory,
+    /// if it exists.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }

@@ -33,24 +33,47 @@ impl ApiClient {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<T> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .query(query)
-            .send()
+        self.send(
+            self.http.get(format!("{}{path}", self.base)).query(query),
+            path,
+        )
+        .await
+    }
+
+    pub async fn post<T: DeserializeOwned, B: serde::Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        self.send(
+            self.http.post(format!("{}{path}", self.base)).json(body),
+            path,
+        )
+        .await
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.send(self.http.delete(format!("{}{path}", self.base)), path)
             .await
-            .map_err(|e| {
-                if e.is_connect() || e.is_timeout() {
-                    anyhow!(
-                        "no Warren node is answering at {api}.\n\
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        path: &str,
+    ) -> Result<T> {
+        let response = request.send().await.map_err(|e| {
+            if e.is_connect() || e.is_timeout() {
+                anyhow!(
+                    "no Warren node is answering at {api}.\n\
                          Start one with `warren node` (or try `warren testnet`), \
                          or point --api / WARREN_API at the node you run.",
-                        api = self.api
-                    )
-                } else {
-                    anyhow!("talking to the node at {} failed: {e}", self.api)
-                }
-            })?;
+                    api = self.api
+                )
+            } else {
+                anyhow!("talking to the node at {} failed: {e}", self.api)
+            }
+        })?;
         let status = response.status();
         let bytes = response
             .bytes()

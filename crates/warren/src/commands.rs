@@ -1,14 +1,17 @@
 //! What each command does. Commands that need the running node use [`ApiClient`].
 
 use std::io::Read;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use warren_net::NetConfig;
-use warren_node::api::{OfferView, Status};
+use warren_node::api::{Disconnected, OfferView, Status};
+use warren_node::config::FileConfig;
 use warren_node::keystore;
-use warren_node::{NodeConfig, NodeHandle, ProvideConfig, testnet::Testnet};
+use warren_node::session::consumer::{ConnectRequest, SessionView};
+use warren_node::{NodeConfig, NodeHandle, ProvideConfig, ProxyListen, testnet::Testnet};
 use warren_types::{Amount, Country, Identity, Price};
 
 use crate::cli::{Cli, Command, NodeArgs};
@@ -45,6 +48,22 @@ pub async fn run(cli: Cli) -> Result<()> {
             json,
         } => offers(&cli, *country, *max_price_gib, *max_price_hour, *json).await,
         Command::Status { json } => status(&cli, *json).await,
+        Command::Connect {
+            provider,
+            country,
+            max_price_gib,
+            max_price_hour,
+            json,
+        } => {
+            let req = ConnectRequest {
+                provider: *provider,
+                country: *country,
+                max_price_per_gib: *max_price_gib,
+                max_price_per_hour: *max_price_hour,
+            };
+            connect(&cli, req, *json).await
+        }
+        Command::Disconnect { json } => disconnect(&cli, *json).await,
         Command::Testnet { providers } => testnet(&cli, *providers).await,
     }
 }
@@ -117,6 +136,34 @@ async fn node(cli: &Cli, args: &NodeArgs) -> Result<()> {
     net.mdns = !args.no_mdns;
     net.relay_server = !args.no_relay_server;
     let mut config = NodeConfig::new(net);
+    let config_path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| dir.join("config.toml"));
+    if args.config.is_some() || config_path.exists() {
+        let file = FileConfig::load(&config_path)?;
+        if let Some(rules) = file.exit {
+            config.exit.rules = rules;
+        }
+    }
+    config.exit.allow = args.exit_allow.clone();
+    config.socks = match args.socks.as_deref() {
+        None => Some(ProxyListen {
+            addr: SocketAddr::from(([127, 0, 0, 1], 1080)),
+            required: false,
+        }),
+        Some("off") => None,
+        Some(text) => Some(ProxyListen {
+            addr: text.parse().with_context(|| {
+                format!("--socks {text:?} is not an address like 127.0.0.1:1080 (or \"off\")")
+            })?,
+            required: true,
+        }),
+    };
+    config.http_proxy = args.http_proxy.map(|addr| ProxyListen {
+        addr,
+        required: true,
+    });
     config.data_dir = Some(dir);
     config.api = Some(cli.api);
     if args.provide {
@@ -139,6 +186,12 @@ async fn node(cli: &Cli, args: &NodeArgs) -> Result<()> {
     );
     for a in handle.dial_addrs() {
         eprintln!("  reachable at {a}");
+    }
+    if let Some(a) = handle.socks_addr() {
+        eprintln!("  SOCKS5 proxy on {a}");
+    }
+    if let Some(a) = handle.http_proxy_addr() {
+        eprintln!("  HTTP proxy on {a}");
     }
     eprintln!("stop it with Ctrl-C or SIGTERM");
     wait_for_signal().await?;
@@ -225,13 +278,82 @@ async fn status(cli: &Cli, json: bool) -> Result<()> {
         ),
         None => println!("selling    no (start the node with --provide to sell bandwidth)"),
     }
-    println!("session    none");
+    match &s.session {
+        Some(v) => print_session(v),
+        None => println!("session    none (`warren connect` opens one)"),
+    }
+    if s.serving > 0 {
+        println!("serving    {} session(s)", s.serving);
+    }
     println!("uptime     {} s", s.uptime_secs);
     Ok(())
 }
 
+fn print_session(v: &SessionView) {
+    println!(
+        "session    {} with {} ({}) at {} WRN/GiB and {} WRN/hour",
+        v.state, v.provider, v.country, v.price_per_gib, v.price_per_hour
+    );
+    println!(
+        "           {} up, {} down, {} s, spent {} WRN{}",
+        human_bytes(v.bytes_up),
+        human_bytes(v.bytes_down),
+        v.duration_secs,
+        v.spent,
+        if v.failovers > 0 {
+            format!(", {} failover(s)", v.failovers)
+        } else {
+            String::new()
+        }
+    );
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+async fn connect(cli: &Cli, req: ConnectRequest, json: bool) -> Result<()> {
+    let v: SessionView = ApiClient::new(cli.api)?
+        .post("/api/v1/session", &req)
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "Connected to {} ({}) at {} WRN/GiB and {} WRN/hour.",
+            v.provider, v.country, v.price_per_gib, v.price_per_hour
+        );
+        println!("Point applications at the node's SOCKS5 proxy (default 127.0.0.1:1080).");
+    }
+    Ok(())
+}
+
+async fn disconnect(cli: &Cli, json: bool) -> Result<()> {
+    let d: Disconnected = ApiClient::new(cli.api)?.delete("/api/v1/session").await?;
+    if json {
+        println!("{}", serde_json::to_string(&d)?);
+    } else if d.closed {
+        println!("Disconnected.");
+    } else {
+        println!("There was no session to close.");
+    }
+    Ok(())
+}
+
 async fn testnet(cli: &Cli, providers: usize) -> Result<()> {
-    let net = Testnet::start(providers, cli.api).await?;
+    let socks = SocketAddr::from(([127, 0, 0, 1], 1080));
+    let net = Testnet::start(providers, cli.api, Some(socks)).await?;
     let api = net.consumer.api_addr().unwrap_or(cli.api);
     let everyone = net
         .consumer
@@ -256,6 +378,13 @@ async fn testnet(cli: &Cli, providers: usize) -> Result<()> {
     println!();
     println!("Try, in another terminal:");
     println!("  warren --api {api} offers");
+    if let Some(socks) = net.consumer.socks_addr() {
+        println!("  warren --api {api} connect --country DE");
+        println!(
+            "  curl --socks5-hostname {socks} http://{api}/api/v1/status   # through a provider"
+        );
+        println!("  warren --api {api} disconnect");
+    }
     println!("  warren --api {api} offers --country DE --json");
     println!("  warren --api {api} status");
     println!("  curl http://{api}/api/v1/offers");

@@ -331,6 +331,13 @@ impl NodeHandle {
         self.shared.consumer.view()
     }
 
+    /// Opens flows through the consumer's session, as the SOCKS5 and HTTP fronts do.
+    pub fn flow_opener(&self) -> Arc<dyn warren_tunnel::FlowOpener> {
+        Arc::new(session::consumer::SessionFlows(
+            self.shared.consumer.clone(),
+        ))
+    }
+
     /// Sessions this node serves as a provider.
     pub fn served(&self) -> Vec<session::provider::ServedView> {
         self.shared.provider.sessions()

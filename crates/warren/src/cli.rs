@@ -93,6 +93,9 @@ pub enum Command {
         /// How many providers to start.
         #[arg(long, default_value_t = 4)]
         providers: usize,
+        /// The consumer's SOCKS5 proxy (if the port is taken, the testnet runs without it).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:1080")]
+        socks: SocketAddr,
     },
 }
 

@@ -64,7 +64,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             connect(&cli, req, *json).await
         }
         Command::Disconnect { json } => disconnect(&cli, *json).await,
-        Command::Testnet { providers } => testnet(&cli, *providers).await,
+        Command::Testnet { providers, socks } => testnet(&cli, *providers, *socks).await,
     }
 }
 
@@ -351,8 +351,7 @@ async fn disconnect(cli: &Cli, json: bool) -> Result<()> {
     Ok(())
 }
 
-async fn testnet(cli: &Cli, providers: usize) -> Result<()> {
-    let socks = SocketAddr::from(([127, 0, 0, 1], 1080));
+async fn testnet(cli: &Cli, providers: usize, socks: SocketAddr) -> Result<()> {
     let net = Testnet::start(providers, cli.api, Some(socks)).await?;
     let api = net.consumer.api_addr().unwrap_or(cli.api);
     let everyone = net

@@ -1,6 +1,6 @@
 //! End to end through the real binary on 127.0.0.1: a consumer connects to a provider and
 //! browses through it with SOCKS5 (by address and by name) and the HTTP proxy; the bytes
-//! arrive intact; 200 flows share one session; malformed requests get errors and leave the
+//! arrive intact; UDP associations carry datagrams; 200 flows share one session; malformed requests get errors and leave the
 //! node healthy; the exit policy refuses loopback unless widened; and when the provider is
 //! killed with -9 the session fails over to another of the same country on its own.
 
@@ -172,6 +172,11 @@ fn browse_through_a_provider_and_fail_over() {
     assert!(s["bytes_up"].as_u64().unwrap() > 0, "{s}");
     assert!(s["spent"].as_u64().unwrap() > 0, "{s}");
 
+    // UDP ASSOCIATE (what a DNS lookup uses) round-trips through the exit.
+    let echo = web::udp_echo();
+    let (answer, from) = web::socks_udp_roundtrip(c.socks, echo, b"a dns query").unwrap();
+    assert_eq!((answer.as_slice(), from), (&b"a dns query"[..], echo));
+
     // 200 concurrent flows through the one session, each a different 256 KiB body.
     let threads: Vec<_> = (0..200u64)
         .map(|i| {
@@ -262,6 +267,35 @@ fn malformed_requests_are_refused(socks: SocketAddr, http: SocketAddr) {
         "{}",
         String::from_utf8_lossy(&out)
     );
+}
+
+#[test]
+fn a_taken_default_socks_port_warns_and_the_node_runs_on() {
+    // Hold the default port (if something else holds it, it is taken all the same).
+    let _held = std::net::TcpListener::bind("127.0.0.1:1080");
+    let n = NodeProc::start_default_socks(&LOOPBACK);
+    let said = n.startup.join("\n");
+    assert!(
+        said.contains("SOCKS5") && said.contains("127.0.0.1:1080") && said.contains("taken"),
+        "{said}"
+    );
+    let status = n.json(&["status", "--json"]);
+    assert_eq!(status["node_id"], n.id.as_str());
+}
+
+#[test]
+fn connect_without_a_match_says_what_to_do() {
+    let n = node(&[]);
+    let out = n.cli(&["connect", "--country", "JP"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("country JP") && err.contains("warren offers"),
+        "{err}"
+    );
+    let out = n.cli(&["connect", "--provider", "not-an-id"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not-an-id"));
 }
 
 #[test]

@@ -11,8 +11,17 @@ use support::{ChildGuard, free_port, lines_of, warren, warren_bin};
 #[test]
 fn testnet_offers_several_countries_and_stops_cleanly() {
     let api = format!("127.0.0.1:{}", free_port());
+    let socks = format!("127.0.0.1:{}", free_port());
     let mut child = Command::new(warren_bin())
-        .args(["--api", &api, "testnet", "--providers", "4"])
+        .args([
+            "--api",
+            &api,
+            "testnet",
+            "--providers",
+            "4",
+            "--socks",
+            &socks,
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -65,6 +74,35 @@ fn testnet_offers_several_countries_and_stops_cleanly() {
     let status = warren(dir.path(), api.parse().unwrap(), &["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["peers"].as_u64(), Some(4), "{status}");
+
+    // Offline, a newcomer can browse through a provider: the testnet's exits allow
+    // 127.0.0.0/8, so the consumer's own API answers through the tunnel.
+    let out = warren(
+        dir.path(),
+        api.parse().unwrap(),
+        &["connect", "--country", "DE"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, body, err) = support::web::curl(&[
+        "--fail",
+        "--socks5-hostname",
+        &socks,
+        &format!(
+            "http://localhost:{}/api/v1/status",
+            api.rsplit(':').next().unwrap()
+        ),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let through: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(through["session"]["country"], "DE", "{through}");
+    assert!(
+        through["session"]["bytes_down"].as_u64().is_some(),
+        "{through}"
+    );
 
     let pid = testnet.id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();

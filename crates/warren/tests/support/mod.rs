@@ -64,13 +64,24 @@ pub struct NodeProc {
     pub dial_addrs: Vec<String>,
     /// Lines of the node's stderr after start-up, for diagnosing failures.
     pub log: mpsc::Receiver<String>,
+    /// What the node printed while starting.
+    pub startup: Vec<String>,
 }
 
 impl NodeProc {
     /// Initialises a fresh identity and starts `warren node` with `args` (plus
     /// `--no-mdns` unless `mdns` is true), waiting until its API is up.
+    /// Without a `--socks` argument the node runs no SOCKS5 front (`--socks off`), so
+    /// parallel tests never compete for the default port.
     pub fn start(args: &[&str]) -> NodeProc {
         Self::start_in(tempfile::tempdir().expect("tempdir"), args, &[], None)
+    }
+
+    /// Like [`NodeProc::start`], but leaves the SOCKS5 front at its default (127.0.0.1:1080).
+    pub fn start_default_socks(args: &[&str]) -> NodeProc {
+        let mut args = args.to_vec();
+        args.push("--socks=default");
+        Self::start(&args)
     }
 
     /// Like [`NodeProc::start`], inside `wrapper` (e.g. `ip netns exec NAME`), with an
@@ -99,9 +110,17 @@ impl NodeProc {
             .arg(dir.path())
             .arg("--api")
             .arg(api.to_string())
-            .arg("node")
-            .args(args)
-            .env("WARREN_LOG", "info")
+            .arg("node");
+        // "--socks=default" asks for the node's own default; otherwise no SOCKS5 front
+        // unless the test chose an address.
+        if args.contains(&"--socks=default") {
+            cmd.args(args.iter().filter(|a| **a != "--socks=default"));
+        } else if args.iter().any(|a| a.starts_with("--socks")) {
+            cmd.args(args);
+        } else {
+            cmd.args(args).args(["--socks", "off"]);
+        }
+        cmd.env("WARREN_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -148,6 +167,7 @@ impl NodeProc {
             id,
             dial_addrs,
             log: rx,
+            startup: seen,
         }
     }
 

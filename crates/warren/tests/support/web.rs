@@ -197,3 +197,67 @@ pub fn curl(args: &[&str]) -> (i32, Vec<u8>, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A UDP echo server on 127.0.0.1 (a stand-in for a DNS server).
+pub fn udp_echo() -> SocketAddr {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp echo");
+    let addr = sock.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(&buf[..n], from);
+        }
+    });
+    addr
+}
+
+/// SOCKS5 UDP ASSOCIATE: sends `payload` to `dest` through the proxy and returns the reply
+/// datagram's payload and source. The TCP control connection stays open meanwhile.
+pub fn socks_udp_roundtrip(
+    proxy: SocketAddr,
+    dest: SocketAddr,
+    payload: &[u8],
+) -> Result<(Vec<u8>, SocketAddr), String> {
+    let e = |e: std::io::Error| e.to_string();
+    let mut control = TcpStream::connect(proxy).map_err(e)?;
+    control
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .map_err(e)?;
+    control.write_all(&[5, 1, 0]).map_err(e)?;
+    let mut choice = [0u8; 2];
+    control.read_exact(&mut choice).map_err(e)?;
+    control
+        .write_all(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0])
+        .map_err(e)?;
+    let mut reply = [0u8; 10];
+    control.read_exact(&mut reply).map_err(e)?;
+    if reply[1] != 0 || reply[3] != 1 {
+        return Err(format!("UDP ASSOCIATE refused: {reply:?}"));
+    }
+    let relay = SocketAddr::from((
+        [reply[4], reply[5], reply[6], reply[7]],
+        u16::from_be_bytes([reply[8], reply[9]]),
+    ));
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").map_err(e)?;
+    udp.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(e)?;
+    let SocketAddr::V4(d) = dest else {
+        return Err("IPv4 only".into());
+    };
+    let mut datagram = vec![0, 0, 0, 1];
+    datagram.extend_from_slice(&d.ip().octets());
+    datagram.extend_from_slice(&d.port().to_be_bytes());
+    datagram.extend_from_slice(payload);
+    udp.send_to(&datagram, relay).map_err(e)?;
+    let mut buf = [0u8; 2048];
+    let (n, _) = udp.recv_from(&mut buf).map_err(e)?;
+    if n < 10 || buf[3] != 1 {
+        return Err(format!("short or odd reply datagram: {:?}", &buf[..n]));
+    }
+    let from = SocketAddr::from((
+        [buf[4], buf[5], buf[6], buf[7]],
+        u16::from_be_bytes([buf[8], buf[9]]),
+    ));
+    drop(control);
+    Ok((buf[10..n].to_vec(), from))
+}

@@ -17,7 +17,7 @@ pub struct ApiClient {
 impl ApiClient {
     pub fn new(api: SocketAddr) -> Result<Self> {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(45))
             .connect_timeout(Duration::from_secs(3))
             .build()
             .context("could not set up the HTTP client")?;

@@ -21,6 +21,12 @@ async fn main() -> std::process::ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    // Destinations and client addresses stay out of logs unless the person debugging their
+    // own machine asks for them.
+    if std::env::var_os("WARREN_LOG_UNREDACTED").is_some_and(|v| v == "1") {
+        warren_types::set_redaction(false);
+        tracing::warn!("WARREN_LOG_UNREDACTED=1: logs will name destinations; do not share them");
+    }
     match commands::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -33,6 +33,8 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 const FLOW_WAIT: Duration = Duration::from_secs(6);
 /// Exit connect timeout (10 s) plus margin.
 const FLOW_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+/// The longest one connect (ranking and trying providers) may take.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(20);
 /// Pause between failover rounds that found no provider.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
@@ -281,6 +283,21 @@ impl Consumer {
     }
 
     async fn establish(
+        &self,
+        req: &ConnectRequest,
+        avoid: Option<NodeId>,
+    ) -> Result<(Arc<Active>, Running), ConnectError> {
+        tokio::time::timeout(CONNECT_DEADLINE, self.try_offers(req, avoid))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ConnectError::AllFailed(format!(
+                    "no provider accepted within {} s",
+                    CONNECT_DEADLINE.as_secs()
+                )))
+            })
+    }
+
+    async fn try_offers(
         &self,
         req: &ConnectRequest,
         avoid: Option<NodeId>,

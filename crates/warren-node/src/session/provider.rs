@@ -351,3 +351,67 @@ impl Drop for FlowGuard<'_> {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warren_tunnel::exit::{ExitPolicy, ExitRules};
+    use warren_types::{Country, IpKind, Price, Service};
+
+    fn offer(price: Price) -> Offer {
+        Offer {
+            provider: warren_types::Identity::generate().node_id(),
+            seq: 1,
+            issued_at: 0,
+            expires_at: u64::MAX,
+            services: vec![Service::proxy()],
+            price,
+            country: Country::UNKNOWN,
+            ip_kind: IpKind::Unknown,
+            addrs: vec![],
+        }
+    }
+
+    fn open(price: Price) -> ControlMsg {
+        ControlMsg::Open {
+            session: SessionId([1; 16]),
+            offer_seq: 1,
+            price,
+        }
+    }
+
+    #[test]
+    fn sessions_are_refused_with_the_right_reason() {
+        let price = Price {
+            per_gib: warren_types::Amount::from_nano(5),
+            per_hour: warren_types::Amount::from_nano(7),
+        };
+        let policy = ExitPolicy::new(&ExitRules::default(), vec![], vec![]).unwrap();
+        let caps = ExitCaps {
+            max_sessions: 1,
+            ..ExitCaps::default()
+        };
+        let (offers, rx) = tokio::sync::watch::channel(None);
+        let p = Provider::new(Exit::new(policy), caps, rx);
+        assert_eq!(p.decide(&open(price)), Err(SessionRefusal::NotProviding));
+        offers.send_replace(Some(offer(price)));
+        assert_eq!(p.decide(&open(price)), Ok(()));
+        let dearer = Price {
+            per_gib: warren_types::Amount::from_nano(6),
+            ..price
+        };
+        assert_eq!(p.decide(&open(dearer)), Err(SessionRefusal::PriceChanged));
+        p.sessions.lock().unwrap().insert(
+            SessionId([2; 16]),
+            Arc::new(Served {
+                consumer: warren_types::Identity::generate().node_id(),
+                meter: Arc::new(Meter::default()),
+                flows: AtomicUsize::new(0),
+                stop: CancellationToken::new(),
+                opened: Instant::now(),
+                price,
+            }),
+        );
+        assert_eq!(p.decide(&open(price)), Err(SessionRefusal::AtCapacity));
+    }
+}

@@ -129,6 +129,7 @@ pub enum SpawnError {
 pub(crate) enum Command {
     PublishOffer(Vec<u8>),
     Dial(String),
+    Disconnect(NodeId),
     Connect {
         peer: NodeId,
         addrs: Vec<String>,
@@ -214,6 +215,12 @@ impl Network {
             .await
             .map_err(|_| ConnectError::Gone)?;
         rx.await.map_err(|_| ConnectError::Gone)?
+    }
+
+    /// Closes every connection to `peer` (one that stopped answering keeps a connection
+    /// that looks alive until something notices).
+    pub async fn disconnect(&self, peer: NodeId) {
+        let _ = self.commands.send(Command::Disconnect(peer)).await;
     }
 
     /// Raw streams to peers (sessions and flows).

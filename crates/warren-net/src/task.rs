@@ -13,7 +13,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{
-    Multiaddr, PeerId, Swarm, autonat, gossipsub, identify, identity, mdns, request_response,
+    Multiaddr, PeerId, Swarm, autonat, gossipsub, identify, identity, mdns, ping, request_response,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -359,6 +359,8 @@ impl SwarmTask {
         match self.swarm.dial(opts) {
             Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {
                 let waiting = self.connecting.entry(peer).or_default();
+                // Callers that gave up no longer count.
+                waiting.retain(|w| !w.is_closed());
                 if waiting.len() < MAX_CONNECT_WAITERS {
                     waiting.push(reply);
                 } else {
@@ -374,6 +376,11 @@ impl SwarmTask {
     fn handle_command(&mut self, cmd: Command) {
         match cmd {
             Command::Connect { peer, addrs, reply } => self.connect(peer, addrs, reply),
+            Command::Disconnect(node) => {
+                if let Some(peer) = node_to_peer(&node) {
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            }
             Command::PublishOffer(bytes) => {
                 let topic = self.topic.clone();
                 match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
@@ -473,6 +480,16 @@ impl SwarmTask {
 
     fn handle_behaviour(&mut self, event: BehaviourEvent) {
         match event {
+            // libp2p's ping no longer closes a connection whose peer stopped answering; a
+            // frozen peer would keep a dead connection (and every stream on it) forever.
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(e),
+            }) => {
+                debug!(%peer, "ping failed ({e}); closing the connection");
+                self.swarm.close_connection(connection);
+            }
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message_id,

@@ -4,6 +4,7 @@
 //! Backpressure is end to end: each direction holds one buffer and only reads again once the
 //! previous write finished, so a slow reader stalls its writer instead of growing memory.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -121,17 +122,46 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 }
 
 /// A consumer-side flow stream that counts what is written as up and what is read as down
-/// into its session's [`Meter`].
-#[derive(Debug)]
+/// into its session's [`Meter`], and fails once its session ends (see [`Metered::with_stop`]).
 pub struct Metered<S> {
     inner: S,
     meter: Arc<Meter>,
+    stop: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
+}
+
+impl<S> std::fmt::Debug for Metered<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metered")
+            .field("meter", &self.meter)
+            .finish()
+    }
 }
 
 impl<S> Metered<S> {
     pub fn new(inner: S, meter: Arc<Meter>) -> Self {
-        Metered { inner, meter }
+        Metered {
+            inner,
+            meter,
+            stop: None,
+        }
     }
+
+    /// Reads and writes fail once `stop` is cancelled, waking a task that waits on them: a
+    /// flow never outlives its session, even when the far end went silent.
+    pub fn with_stop(mut self, stop: CancellationToken) -> Self {
+        self.stop = Some(Box::pin(stop.cancelled_owned()));
+        self
+    }
+
+    fn stopped(&mut self, cx: &mut Context<'_>) -> bool {
+        self.stop
+            .as_mut()
+            .is_some_and(|s| s.as_mut().poll(cx).is_ready())
+    }
+}
+
+fn session_ended() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "the session ended")
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
@@ -140,6 +170,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.stopped(cx) {
+            return Poll::Ready(Err(session_ended()));
+        }
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         self.meter.add_down((buf.filled().len() - before) as u64);
@@ -153,6 +186,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.stopped(cx) {
+            return Poll::Ready(Err(session_ended()));
+        }
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &res {
             self.meter.add_up(*n as u64);
@@ -253,6 +289,28 @@ mod tests {
         // The splice may already have ended, so this write may fail.
         let _ = client.write_all(&[1u8; 10]).await;
         assert_eq!(task.await.unwrap(), SpliceEnd::Failed);
+    }
+
+    #[tokio::test]
+    async fn a_metered_stream_fails_when_its_session_ends() {
+        let (mut near, far) = tokio::io::duplex(1024);
+        let stop = CancellationToken::new();
+        let meter = Arc::new(Meter::default());
+        let mut flow = Metered::new(far, meter.clone()).with_stop(stop.clone());
+        near.write_all(b"abc").await.unwrap();
+        let mut got = [0u8; 3];
+        flow.read_exact(&mut got).await.unwrap();
+        flow.write_all(b"hello").await.unwrap();
+        assert_eq!((meter.up(), meter.down()), (5, 3));
+        // A read waiting on a silent peer wakes up when the session ends.
+        let waiting = tokio::spawn(async move {
+            let mut buf = [0u8; 8];
+            flow.read(&mut buf).await
+        });
+        tokio::task::yield_now().await;
+        stop.cancel();
+        let err = waiting.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
     }
 
     #[tokio::test]

@@ -14,7 +14,8 @@ async fn main() -> std::process::ExitCode {
     // A testnet runs many nodes in one terminal: only problems are worth printing there.
     let default = match cli.command {
         cli::Command::Testnet { .. } => "warn",
-        _ => "info",
+        // mDNS reports LAN addresses of the peers it finds at info: not for a log.
+        _ => "info,libp2p_mdns=warn",
     };
     let filter = EnvFilter::try_from_env("WARREN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()

@@ -31,12 +31,20 @@ const MAX_TRIES: usize = 8;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a new flow waits for a session that is being (re)opened.
 const FLOW_WAIT: Duration = Duration::from_secs(6);
-/// Exit connect timeout (10 s) plus margin.
-const FLOW_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+/// The exit's worst case (resolve, then connect) plus a margin for the round trip.
+const FLOW_REPLY_TIMEOUT: Duration = Duration::from_secs(
+    warren_tunnel::exit::DEFAULT_RESOLVE_TIMEOUT.as_secs()
+        + warren_tunnel::exit::DEFAULT_CONNECT_TIMEOUT.as_secs()
+        + 5,
+);
 /// The longest one connect (ranking and trying providers) may take.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(20);
-/// Pause between failover rounds that found no provider.
+/// First pause between failover rounds that found no provider; it doubles up to
+/// [`MAX_RETRY_PAUSE`].
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(30);
+/// A session that ends sooner than this counts as a failure for the backoff.
+const MIN_HEALTHY_SESSION: Duration = Duration::from_secs(10);
 
 /// What `connect` looks for. Empty fields match anything.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,7 +99,27 @@ struct Active {
     offer: Offer,
     meter: Arc<Meter>,
     opened: Instant,
+    /// When the session was lost or closed: its clock (and cost) stops there.
+    ended: std::sync::OnceLock<Instant>,
     close: mpsc::Sender<CloseReason>,
+    /// Cancelled when the session ends, however it ends: every flow of it stops, so nothing
+    /// waits on a provider that is gone.
+    flows: CancellationToken,
+}
+
+impl Active {
+    fn end(&self) {
+        let _ = self.ended.set(Instant::now());
+        self.flows.cancel();
+    }
+
+    fn duration(&self) -> Duration {
+        self.ended
+            .get()
+            .copied()
+            .unwrap_or_else(Instant::now)
+            .saturating_duration_since(self.opened)
+    }
 }
 
 #[derive(Debug)]
@@ -156,7 +184,7 @@ impl Consumer {
             Phase::Reconnecting(a) => (a, "reconnecting"),
             Phase::Idle | Phase::Connecting => return None,
         };
-        let duration = active.opened.elapsed();
+        let duration = active.duration();
         Some(SessionView {
             state: name.into(),
             session: active.id.to_string(),
@@ -174,21 +202,30 @@ impl Consumer {
 
     /// Opens a session on the best offer matching `req` (closing any session open now), and
     /// keeps it: if its provider vanishes, the next matching one takes over.
+    ///
+    /// Cancel-safe: the work runs on its own task, so a caller that gives up (an HTTP client
+    /// that hangs up) never leaves the consumer half-connected.
     pub async fn connect(
         self: &Arc<Self>,
         req: ConnectRequest,
     ) -> Result<SessionView, ConnectError> {
+        let me = self.clone();
+        tokio::spawn(async move { me.connect_now(req).await })
+            .await
+            .unwrap_or(Err(ConnectError::ShuttingDown))
+    }
+
+    async fn connect_now(
+        self: Arc<Self>,
+        req: ConnectRequest,
+    ) -> Result<SessionView, ConnectError> {
         let _op = self.ops.lock().await;
-        self.close_current(CloseReason::Consumer);
-        let generation = {
-            let mut state = self.lock();
-            state.generation += 1;
-            state.failovers = 0;
-            state.phase = Phase::Connecting;
-            state.generation
+        let generation = self.replace_phase(Phase::Connecting, true);
+        let result = tokio::select! {
+            r = self.establish(&req, None) => r,
+            () = self.cancel.cancelled() => Err(ConnectError::ShuttingDown),
         };
-        self.changed.send_replace(());
-        match self.establish(&req, None).await {
+        match result {
             Ok((active, run)) => {
                 self.set_phase(Phase::Open(active));
                 tokio::spawn(self.clone().supervise(req, generation, run));
@@ -204,26 +241,31 @@ impl Consumer {
     /// Closes the session, if one is open. Returns whether there was one.
     pub async fn disconnect(&self) -> bool {
         let _op = self.ops.lock().await;
-        let had = self.close_current(CloseReason::Consumer);
-        {
-            let mut state = self.lock();
-            state.generation += 1;
-            state.phase = Phase::Idle;
-        }
-        self.changed.send_replace(());
+        let had = matches!(self.lock().phase, Phase::Open(_) | Phase::Reconnecting(_));
+        self.replace_phase(Phase::Idle, false);
         had
     }
 
-    fn close_current(&self, reason: CloseReason) -> bool {
-        let state = self.lock();
-        match &state.phase {
-            Phase::Open(a) | Phase::Reconnecting(a) => {
-                let _ = a.close.try_send(reason);
+    /// Closes whatever session there is and moves to `phase` under one lock, so a failover
+    /// in progress sees either the old generation with the old phase or neither. Returns the
+    /// new generation.
+    fn replace_phase(&self, phase: Phase, fresh: bool) -> u64 {
+        let generation = {
+            let mut state = self.lock();
+            if let Phase::Open(a) | Phase::Reconnecting(a) = &state.phase {
+                let _ = a.close.try_send(CloseReason::Consumer);
+                a.end();
                 info!(session = %a.id, "session closed by this node");
-                true
             }
-            Phase::Idle | Phase::Connecting => false,
-        }
+            state.generation += 1;
+            if fresh {
+                state.failovers = 0;
+            }
+            state.phase = phase;
+            state.generation
+        };
+        self.changed.send_replace(());
+        generation
     }
 
     /// Offers matching `req`, best first: cheapest, and among the equally cheapest the
@@ -374,7 +416,9 @@ impl Consumer {
             offer,
             meter: Arc::new(Meter::default()),
             opened: Instant::now(),
+            ended: std::sync::OnceLock::new(),
             close,
+            flows: CancellationToken::new(),
         });
         info!(session = %id, %provider, "session opened");
         Ok((
@@ -391,7 +435,12 @@ impl Consumer {
     /// Drives the open session; when it is lost without a local close, fails over to the
     /// next matching provider, again and again, until a connect or disconnect supersedes it.
     async fn supervise(self: Arc<Self>, req: ConnectRequest, generation: u64, mut run: Running) {
+        // Backoff between failover rounds: reset by a session that lasted, doubled by one
+        // that failed or died young, so a provider that accepts and drops at once is not
+        // hammered.
+        let mut pause = Duration::ZERO;
         loop {
+            let opened = Instant::now();
             let session = drive(
                 run.session,
                 run.stream,
@@ -414,6 +463,7 @@ impl Consumer {
                     return;
                 };
                 let active = active.clone();
+                active.end();
                 state.phase = Phase::Reconnecting(active.clone());
                 active
             };
@@ -422,8 +472,21 @@ impl Consumer {
                 session = %session.id(),
                 "lost the session with provider {}; looking for another", lost.offer.provider
             );
+            // A provider that stopped answering may have left a connection that looks alive
+            // (nothing resets a frozen peer's TCP connection): drop it, so a later attempt
+            // dials afresh instead of waiting on it.
+            self.net.disconnect(lost.offer.provider).await;
+            pause = if opened.elapsed() < MIN_HEALTHY_SESSION {
+                (pause * 2).clamp(RETRY_PAUSE, MAX_RETRY_PAUSE)
+            } else {
+                Duration::ZERO
+            };
             run = loop {
-                if self.cancel.is_cancelled() || self.lock().generation != generation {
+                tokio::select! {
+                    () = self.cancel.cancelled() => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                if self.lock().generation != generation {
                     return;
                 }
                 match self.establish(&req, Some(lost.offer.provider)).await {
@@ -431,6 +494,7 @@ impl Consumer {
                         let mut state = self.lock();
                         if state.generation != generation {
                             let _ = active.close.try_send(CloseReason::Consumer);
+                            active.end();
                             return;
                         }
                         state.failovers += 1;
@@ -442,10 +506,7 @@ impl Consumer {
                     }
                     Err(e) => {
                         debug!("failover attempt failed: {e}");
-                        tokio::select! {
-                            () = self.cancel.cancelled() => return,
-                            () = tokio::time::sleep(RETRY_PAUSE) => {}
-                        }
+                        pause = (pause * 2).clamp(RETRY_PAUSE, MAX_RETRY_PAUSE);
                     }
                 }
             };
@@ -536,7 +597,12 @@ impl Consumer {
         })?
         .map_err(|_| lost("stream reset"))?;
         match reply {
-            FlowReply::Ok => Ok(Box::new(Metered::new(stream, active.meter.clone()))),
+            FlowReply::Ok => Ok(Box::new(
+                Metered::new(stream, active.meter.clone()).with_stop(active.flows.clone()),
+            )),
+            // The provider lost our session (it restarted, or the session just ended): the
+            // session is about to be replaced, so try again on the one current then.
+            FlowReply::Refused(r) if r.kind == RefusalKind::NoSession => Err(Attempt::Retry(r)),
             FlowReply::Refused(r) => Err(Attempt::Refused(r)),
         }
     }

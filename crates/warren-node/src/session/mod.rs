@@ -18,6 +18,9 @@ use warren_session::wire::{self, CloseReason, ControlMsg, FrameReader, MAX_CONTR
 use warren_session::{Session, SessionEvent};
 use warren_tunnel::splice::Meter;
 
+/// How long one write of control messages may take.
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Writes one length-prefixed message.
 pub(crate) async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(
     w: &mut W,
@@ -66,7 +69,10 @@ pub(crate) async fn drive(
     let mut buf = vec![0u8; 4096];
     let mut peer_open = true;
     loop {
-        if flush(&mut session, &mut stream).await.is_err() && !session.is_closed() {
+        // A peer that sends but never reads would block this write for ever; past the idle
+        // timeout it is as good as gone.
+        let flushed = tokio::time::timeout(FLUSH_TIMEOUT, flush(&mut session, &mut stream)).await;
+        if !matches!(flushed, Ok(Ok(()))) && !session.is_closed() {
             session.close(Instant::now(), CloseReason::Timeout);
         }
         while let Some(ev) = session.poll_event() {
@@ -74,8 +80,11 @@ pub(crate) async fn drive(
         }
         if session.is_closed() {
             // One last try to send the Close the core queued.
-            let _ = flush(&mut session, &mut stream).await;
-            let _ = stream.shutdown().await;
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
+                let _ = flush(&mut session, &mut stream).await;
+                let _ = stream.shutdown().await;
+            })
+            .await;
             return session;
         }
         let deadline = session.poll_timeout();

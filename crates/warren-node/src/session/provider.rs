@@ -26,6 +26,13 @@ use super::{drive, read_msg, write_msg};
 
 /// How long a peer may take to send the first message of a stream.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sessions one consumer may hold at a time, so one peer cannot take every slot.
+const MAX_SESSIONS_PER_PEER: usize = 2;
+/// Flows (including those still sending their header) across all sessions: each costs two
+/// splice buffers and a socket, so this bounds the provider's memory and descriptors.
+const MAX_FLOWS_TOTAL: usize = 1024;
+/// Control streams still waiting for their Open.
+const MAX_PENDING_CONTROL: usize = 64;
 
 /// One consumer's session as the provider tracks it.
 #[derive(Debug)]
@@ -60,6 +67,8 @@ pub struct Provider {
     sessions: Mutex<HashMap<SessionId, Arc<Served>>>,
     own_offer: tokio::sync::watch::Receiver<Option<Offer>>,
     config: SessionConfig,
+    flow_slots: Arc<tokio::sync::Semaphore>,
+    control_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Provider {
@@ -74,6 +83,8 @@ impl Provider {
             sessions: Mutex::new(HashMap::new()),
             own_offer,
             config: SessionConfig::default(),
+            flow_slots: Arc::new(tokio::sync::Semaphore::new(MAX_FLOWS_TOTAL)),
+            control_slots: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_CONTROL)),
         })
     }
 
@@ -93,7 +104,12 @@ impl Provider {
                     () = c.cancelled() => break,
                     next = control.next() => {
                         let Some((peer, stream)) = next else { break };
-                        tokio::spawn(me.clone().serve_control(peer, stream, c.clone()));
+                        // Over the limit the stream is dropped: the opener sees it reset.
+                        let Ok(slot) = me.control_slots.clone().try_acquire_owned() else {
+                            debug!("too many session requests waiting; dropping one");
+                            continue;
+                        };
+                        tokio::spawn(me.clone().serve_control(peer, stream, c.clone(), slot));
                     }
                 }
             }
@@ -105,7 +121,11 @@ impl Provider {
                     () = cancel.cancelled() => break,
                     next = flows.next() => {
                         let Some((peer, stream)) = next else { break };
-                        tokio::spawn(me.clone().serve_flow(peer, stream));
+                        let Ok(slot) = me.flow_slots.clone().try_acquire_owned() else {
+                            debug!("at the node-wide flow limit; dropping a flow");
+                            continue;
+                        };
+                        tokio::spawn(me.clone().serve_flow(peer, stream, slot));
                     }
                 }
             }
@@ -143,6 +163,7 @@ impl Provider {
             .collect()
     }
 
+    /// Whether this node sells at the price the Open names.
     fn decide(&self, open: &ControlMsg) -> Result<(), SessionRefusal> {
         let ControlMsg::Open { price, .. } = open else {
             return Err(SessionRefusal::Policy);
@@ -154,15 +175,37 @@ impl Provider {
         if offer.price != *price {
             return Err(SessionRefusal::PriceChanged);
         }
-        let open_now = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len();
-        if open_now >= self.caps.max_sessions {
+        Ok(())
+    }
+
+    /// Registers a session if the caps allow it. Checking and inserting under one lock, so
+    /// concurrent Opens can never exceed the caps or replace each other.
+    fn admit(&self, id: SessionId, served: Arc<Served>) -> Result<(), SessionRefusal> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if sessions.len() >= self.caps.max_sessions {
             return Err(SessionRefusal::AtCapacity);
         }
-        Ok(())
+        let of_peer = sessions
+            .values()
+            .filter(|s| s.consumer == served.consumer)
+            .count();
+        if of_peer >= MAX_SESSIONS_PER_PEER {
+            return Err(SessionRefusal::AtCapacity);
+        }
+        match sessions.entry(id) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(served);
+                Ok(())
+            }
+            std::collections::hash_map::Entry::Occupied(_) => Err(SessionRefusal::Policy),
+        }
+    }
+
+    fn forget(&self, id: SessionId) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
     }
 
     async fn serve_control(
@@ -170,12 +213,14 @@ impl Provider {
         peer: NodeId,
         mut stream: NetStream,
         cancel: CancellationToken,
+        slot: tokio::sync::OwnedSemaphorePermit,
     ) {
         let first = tokio::time::timeout(
             FIRST_MESSAGE_TIMEOUT,
             read_msg::<_, ControlMsg>(&mut stream, MAX_CONTROL_MSG),
         )
         .await;
+        drop(slot);
         let open = match first {
             Ok(Ok(msg @ ControlMsg::Open { .. })) => msg,
             _ => {
@@ -183,9 +228,28 @@ impl Provider {
                 return;
             }
         };
-        let decision = self.decide(&open);
+        let ControlMsg::Open {
+            session: id, price, ..
+        } = &open
+        else {
+            return;
+        };
+        let served = Arc::new(Served {
+            consumer: peer,
+            meter: Arc::new(Meter::with_cap(self.caps.max_bytes_per_session)),
+            flows: AtomicUsize::new(0),
+            stop: cancel.child_token(),
+            opened: Instant::now(),
+            price: *price,
+        });
+        let decision = self
+            .decide(&open)
+            .and_then(|()| self.admit(*id, served.clone()));
         let Ok(mut session) = Session::provider(Instant::now(), &open, decision, self.config)
         else {
+            if decision.is_ok() {
+                self.forget(*id);
+            }
             return;
         };
         let id = session.id();
@@ -197,18 +261,6 @@ impl Provider {
             let _ = stream.shutdown().await;
             return;
         }
-        let served = Arc::new(Served {
-            consumer: peer,
-            meter: Arc::new(Meter::with_cap(self.caps.max_bytes_per_session)),
-            flows: AtomicUsize::new(0),
-            stop: cancel.child_token(),
-            opened: Instant::now(),
-            price: session.price(),
-        });
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, served.clone());
         info!(session = %id, "session opened");
         let (close_tx, close_rx) = mpsc::channel(1);
         // Node shutdown closes the session politely.
@@ -233,13 +285,16 @@ impl Provider {
         .await;
         closer.abort();
         served.stop.cancel();
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        self.forget(id);
     }
 
-    async fn serve_flow(self: Arc<Self>, peer: NodeId, mut stream: NetStream) {
+    /// Serves one flow; `_slot` holds its place under the node-wide flow limit until it ends.
+    async fn serve_flow(
+        self: Arc<Self>,
+        peer: NodeId,
+        mut stream: NetStream,
+        _slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let header = tokio::time::timeout(
             FIRST_MESSAGE_TIMEOUT,
             read_msg::<_, FlowHeader>(&mut stream, MAX_FLOW_HEADER),
@@ -307,15 +362,20 @@ impl Provider {
                 {
                     return;
                 }
-                if let Err(e) = warren_tunnel::exit::relay_udp(
-                    &self.exit,
-                    stream,
-                    served.meter.clone(),
-                    &served.stop,
-                )
-                .await
-                {
-                    debug!(session = %header.session, "udp flow ended: {e}");
+                // The relay can block writing replies to a consumer that stopped reading;
+                // the session's end must still end it.
+                tokio::select! {
+                    r = warren_tunnel::exit::relay_udp(
+                        &self.exit,
+                        stream,
+                        served.meter.clone(),
+                        &served.stop,
+                    ) => {
+                        if let Err(e) = r {
+                            debug!(session = %header.session, "udp flow ended: {e}");
+                        }
+                    }
+                    () = served.stop.cancelled() => {}
                 }
             }
         }
@@ -401,17 +461,40 @@ mod tests {
             ..price
         };
         assert_eq!(p.decide(&open(dearer)), Err(SessionRefusal::PriceChanged));
-        p.sessions.lock().unwrap().insert(
-            SessionId([2; 16]),
+        let served = |consumer| {
             Arc::new(Served {
-                consumer: warren_types::Identity::generate().node_id(),
+                consumer,
                 meter: Arc::new(Meter::default()),
                 flows: AtomicUsize::new(0),
                 stop: CancellationToken::new(),
                 opened: Instant::now(),
                 price,
-            }),
+            })
+        };
+        let alice = warren_types::Identity::generate().node_id();
+        let bob = warren_types::Identity::generate().node_id();
+        assert_eq!(p.admit(SessionId([2; 16]), served(alice)), Ok(()));
+        assert_eq!(
+            p.admit(SessionId([3; 16]), served(bob)),
+            Err(SessionRefusal::AtCapacity)
         );
-        assert_eq!(p.decide(&open(price)), Err(SessionRefusal::AtCapacity));
+        // Per peer: with room overall, one consumer still gets at most two sessions, and an
+        // id already in use is never replaced.
+        let roomy = Provider::new(
+            Exit::new(ExitPolicy::new(&ExitRules::default(), vec![], vec![]).unwrap()),
+            ExitCaps::default(),
+            tokio::sync::watch::channel(None).1,
+        );
+        assert_eq!(roomy.admit(SessionId([1; 16]), served(alice)), Ok(()));
+        assert_eq!(
+            roomy.admit(SessionId([1; 16]), served(bob)),
+            Err(SessionRefusal::Policy)
+        );
+        assert_eq!(roomy.admit(SessionId([2; 16]), served(alice)), Ok(()));
+        assert_eq!(
+            roomy.admit(SessionId([3; 16]), served(alice)),
+            Err(SessionRefusal::AtCapacity)
+        );
+        assert_eq!(roomy.sessions().len(), 2);
     }
 }

@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use std::io;
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span};
@@ -155,9 +155,75 @@ impl Conn {
                 debug!(dest = %Redacted(&target), "forwarding a plain-HTTP request");
                 let mut first = head;
                 first.extend_from_slice(early);
-                self.open_and_splice(stream, target, &[], &first).await
+                self.open_and_splice_request(stream, target, &first).await
             }
         }
+    }
+
+    /// A plain-HTTP request: like [`Conn::open_and_splice`], but the response head is rewritten
+    /// to say `Connection: close`. Otherwise an origin that ignores our close and answers
+    /// keep-alive would receive the client's next request, meant for another site, on this
+    /// connection.
+    async fn open_and_splice_request(
+        &self,
+        mut stream: TcpStream,
+        target: Target,
+        request: &[u8],
+    ) -> Result<(), HttpError> {
+        let mut flow = match self.opener.open(target, FlowProto::Tcp).await {
+            Ok(flow) => flow,
+            Err(refusal) => {
+                answer(stream, refusal.kind.http_status(), &refusal_body(&refusal)).await;
+                return Err(HttpError::Refused {
+                    kind: refusal.kind,
+                    message: refusal.message,
+                });
+            }
+        };
+        flow.write_all(request)
+            .await
+            .map_err(io_err("sending the request"))?;
+        flow.flush().await.map_err(io_err("sending the request"))?;
+        // Interim (1xx) heads pass unchanged; the final head gets the close.
+        for _ in 0..MAX_INTERIM_RESPONSES {
+            let mut buf = vec![0u8; MAX_HEAD];
+            let (head_len, filled, status) = match read_response_head(&mut flow, &mut buf).await {
+                Ok(parsed) => parsed,
+                Err(HeadError::Closed) => return Ok(()),
+                Err(_) => {
+                    answer(
+                        stream,
+                        502,
+                        "Warren: the server sent a malformed response\n",
+                    )
+                    .await;
+                    return Err(HttpError::Malformed("malformed response head"));
+                }
+            };
+            let head = &buf[..head_len];
+            let interim = (100..200).contains(&status) && status != 101;
+            let out = if interim {
+                head.to_vec()
+            } else {
+                close_response_head(head)
+            };
+            stream
+                .write_all(&out)
+                .await
+                .map_err(io_err("answering the client"))?;
+            stream
+                .write_all(&buf[head_len..filled])
+                .await
+                .map_err(io_err("answering the client"))?;
+            if !interim {
+                break;
+            }
+        }
+        let meter = Arc::new(Meter::default());
+        meter.add_up(request.len() as u64);
+        let end = splice(stream, flow, meter.clone(), &self.shutdown).await;
+        debug!(?end, up = meter.up(), down = meter.down(), "flow ended");
+        Ok(())
     }
 
     /// Opens a TCP flow to `target`; on success sends `reply` to the client and `first` to the
@@ -243,6 +309,69 @@ async fn read_head(stream: &mut TcpStream, buf: &mut [u8]) -> Result<(usize, usi
             Err(e) => return Err(HeadError::Malformed(parse_error(e))),
         }
     }
+}
+
+/// Reads a response head into `buf`: (head length, bytes read, status code).
+async fn read_response_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut [u8],
+) -> Result<(usize, usize, u16), HeadError> {
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            return Err(HeadError::TooLarge);
+        }
+        let n = stream
+            .read(&mut buf[filled..])
+            .await
+            .map_err(HeadError::Io)?;
+        if n == 0 {
+            return Err(if filled == 0 {
+                HeadError::Closed
+            } else {
+                HeadError::Malformed("the response head was cut short")
+            });
+        }
+        filled += n;
+        let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(&buf[..filled]) {
+            Ok(httparse::Status::Complete(len)) => {
+                return Ok((len, filled, response.code.unwrap_or(0)));
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(e) => return Err(HeadError::Malformed(parse_error(e))),
+        }
+    }
+}
+
+/// Servers send more headers than clients (cookies, security policies).
+const MAX_RESPONSE_HEADERS: usize = 256;
+
+/// `100 Continue` and friends before the final response.
+const MAX_INTERIM_RESPONSES: usize = 4;
+
+/// The response head with every connection-scoped header dropped and `Connection: close`
+/// added, so the client opens a new proxy connection for its next request.
+fn close_response_head(head: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let mut out = String::with_capacity(head.len() + 32);
+    out.push_str(lines.next().unwrap_or_default());
+    out.push_str("\r\n");
+    for line in lines.filter(|l| !l.is_empty()) {
+        let name = line.split(':').next().unwrap_or_default().trim();
+        let drop = ["connection", "keep-alive", "proxy-connection"]
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h));
+        if !drop {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    out.into_bytes()
 }
 
 fn parse_error(e: httparse::Error) -> &'static str {
@@ -754,6 +883,16 @@ mod tests {
             assert_serves(server.addr, echo).await;
             server.stop().await;
         });
+    }
+
+    #[test]
+    fn response_heads_are_closed() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-A: b\r\n\r\n";
+        let out = String::from_utf8(close_response_head(head)).unwrap();
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\nConnection: close\r\n\r\n"
+        );
     }
 
     #[test]

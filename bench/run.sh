@@ -2,7 +2,9 @@
 # Warren's "offers" quality bars (SPEC §8), measured and printed beside their targets:
 #   * time until every node holds every offer, for 100 and 1,000 in-process nodes
 #     (target: 1,000 nodes within 10 s);
-#   * idle resident memory of one `warren node` process on loopback (target: <= 30 MiB).
+#   * idle resident memory of one `warren node` process on loopback (target: <= 30 MiB);
+#   * proxy throughput and time to first byte beside shadowsocks-libev and direct, and
+#     `warren connect` to first byte (bench/proxy.sh, which installs shadowsocks-libev).
 #
 # Usage: bench/run.sh [bench-offers flags for the offers mode, e.g. --nodes 100,1000]
 # Honours CARGO_TARGET_DIR. Only loopback and the in-process memory transport are used.
@@ -28,5 +30,8 @@ echo "== idle memory of one warren node"
 echo "== offers reach every node"
 # Each N is bounded by --timeout (120 s), so the whole run stays within a few minutes.
 "$bench" offers --timeout 120 "$@" || status=1
+
+echo "== proxy: warren vs shadowsocks-libev vs direct (bench/proxy.sh)"
+WARREN_BENCH_BUILT=1 "$root/bench/proxy.sh" || status=1
 
 exit "$status"

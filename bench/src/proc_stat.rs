@@ -23,9 +23,15 @@ pub(crate) fn self_memory_mib() -> (f64, f64) {
 
 /// User plus system CPU seconds this process has used (all threads), or 0 without /proc.
 pub(crate) fn cpu_secs() -> f64 {
-    // Fields 14 and 15 of /proc/self/stat, in clock ticks (USER_HZ, 100 on Linux). The
+    cpu_secs_of("self")
+}
+
+/// User plus system CPU seconds process `pid` ("self" for this one) has used, all threads
+/// (0 without /proc, or once it is gone).
+pub(crate) fn cpu_secs_of(pid: &str) -> f64 {
+    // Fields 14 and 15 of /proc/PID/stat, in clock ticks (USER_HZ, 100 on Linux). The
     // command name (field 2) may hold spaces, so count from its closing parenthesis.
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
     let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {

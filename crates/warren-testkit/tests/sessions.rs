@@ -178,3 +178,46 @@ async fn policy_refusals_reach_the_consumer() {
         r.message
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_holds_back_the_sender() {
+    let p = provider("").await;
+    let c = consumer(&p).await;
+    c.connect(ConnectRequest::default()).await.unwrap();
+    // The server would send 200 MB; the client reads a little, then stops.
+    let big = server(200_000_000).await;
+    let mut flow = c
+        .flow_opener()
+        .open(target(big), FlowProto::Tcp)
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 64 * 1024];
+    flow.read_exact(&mut first).await.unwrap();
+    // With nobody reading, the bytes in flight stop at the sum of the buffers and windows
+    // on the way (splice buffers, the stream's receive window, socket buffers): the
+    // provider stops pulling from the server. Waiting for the count to settle is waiting
+    // for that to happen.
+    let mut last = 0;
+    let mut still = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while still < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the flow never stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = p.served()[0].bytes_down;
+        if now == last {
+            still += 1;
+        } else {
+            (last, still) = (now, 0);
+        }
+    }
+    assert!(
+        last < 64_000_000,
+        "the provider pulled {last} bytes for a reader that stopped"
+    );
+    // Reading again resumes the flow.
+    let mut more = vec![0u8; 1024 * 1024];
+    flow.read_exact(&mut more).await.unwrap();
+}

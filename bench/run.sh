@@ -31,6 +31,14 @@ echo "== offers reach every node"
 # Each N is bounded by --timeout (120 s), so the whole run stays within a few minutes.
 "$bench" offers --timeout 120 "$@" || status=1
 
+echo "== hub: promises verified and settled per second (SQLite, one core when taskset exists)"
+hub="$target_dir/release/bench-hub"
+if command -v taskset >/dev/null 2>&1; then
+  taskset -c 0 "$hub" || status=1
+else
+  "$hub" || status=1
+fi
+
 echo "== proxy: warren vs shadowsocks-libev vs direct (bench/proxy.sh)"
 WARREN_BENCH_BUILT=1 "$root/bench/proxy.sh" || status=1
 

@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use warren_net::Reachability;
@@ -18,6 +18,7 @@ use crate::Shared;
 use crate::catalog::OfferFilter;
 use crate::session::consumer::{ConnectError, ConnectRequest, SessionView};
 use crate::session::provider::ServedView;
+use crate::wallet::{DEFAULT_HISTORY, HistoryView, SettleReport, WalletError, WalletView};
 
 /// An offer as the API shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,7 +81,29 @@ pub struct Status {
     pub session: Option<SessionView>,
     /// Sessions this node serves as a provider.
     pub serving: usize,
+    /// The payment hub this node runs; null unless started with --hub.
+    #[serde(default)]
+    pub hub: Option<HubView>,
     pub uptime_secs: u64,
+}
+
+/// This node's own payment hub.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubView {
+    /// Its fee in basis points (100 = 1 %).
+    pub fee_bps: u16,
+    pub faucet: bool,
+}
+
+/// `POST /api/v1/wallet/topup`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopupRequest {
+    /// nano-WRN.
+    pub amount: Amount,
+    /// The hub to top up at; default the hub in use (see `GET /api/v1/wallet`).
+    #[serde(default)]
+    pub hub: Option<NodeId>,
 }
 
 /// The body of every error answer: a machine-readable kind and a message for people.
@@ -133,6 +156,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             get(get_session).post(post_session).delete(delete_session),
         )
         .route("/api/v1/provider/sessions", get(get_served))
+        .route("/api/v1/wallet", get(get_wallet))
+        .route("/api/v1/wallet/topup", post(post_topup))
+        .route("/api/v1/wallet/settle", post(post_settle))
+        .route("/api/v1/wallet/history", get(get_history))
         .fallback(not_found)
         .with_state(shared)
 }
@@ -141,19 +168,24 @@ async fn not_found() -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
         kind: "not_found",
-        message: "no such endpoint; see /api/v1/status, /api/v1/offers and /api/v1/session".into(),
+        message: "no such endpoint; see /api/v1/status, /api/v1/offers, /api/v1/session and /api/v1/wallet".into(),
     }
 }
 
 pub(crate) fn status(shared: &Shared) -> Status {
     let net = shared.net.state();
-    let provider = shared.provide.borrow().as_ref().map(|p| ProviderView {
-        country: p.country,
-        price_per_gib: p.price.per_gib,
-        price_per_hour: p.price.per_hour,
-        ip_kind: p.ip_kind,
-        offer_expires_at: shared.own_offer.borrow().as_ref().map(|o| o.expires_at),
-    });
+    let provider = shared
+        .provide
+        .borrow()
+        .as_ref()
+        .filter(|p| p.sells_proxy())
+        .map(|p| ProviderView {
+            country: p.country,
+            price_per_gib: p.price.per_gib,
+            price_per_hour: p.price.per_hour,
+            ip_kind: p.ip_kind,
+            offer_expires_at: shared.own_offer.borrow().as_ref().map(|o| o.expires_at),
+        });
     Status {
         node_id: shared.net.local_id(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -164,6 +196,13 @@ pub(crate) fn status(shared: &Shared) -> Status {
         provider,
         session: shared.consumer.view(),
         serving: shared.provider.sessions().len(),
+        hub: shared.hub.as_ref().map(|h| {
+            let info = h.info();
+            HubView {
+                fee_bps: info.fee_bps,
+                faucet: info.faucet,
+            }
+        }),
         uptime_secs: shared.started.elapsed().as_secs(),
     }
 }
@@ -267,6 +306,92 @@ async fn get_served(State(shared): State<Arc<Shared>>) -> Json<Vec<ServedView>> 
     Json(shared.provider.sessions())
 }
 
+impl From<WalletError> for ApiError {
+    fn from(e: WalletError) -> Self {
+        use warren_pay::rpc::RpcErrorKind;
+        let (status, kind) = match &e {
+            WalletError::NoHub => (StatusCode::CONFLICT, "no_hub"),
+            WalletError::ZeroAmount | WalletError::BadPromise(_) => {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            }
+            WalletError::Call(_) => (StatusCode::BAD_GATEWAY, "hub_unreachable"),
+            WalletError::Unexpected { .. } => (StatusCode::BAD_GATEWAY, "hub_protocol"),
+            WalletError::Refused { error, .. } => (
+                match error.kind {
+                    RpcErrorKind::BadRequest | RpcErrorKind::AmountTooLarge => {
+                        StatusCode::BAD_REQUEST
+                    }
+                    RpcErrorKind::Internal => StatusCode::BAD_GATEWAY,
+                    _ => StatusCode::CONFLICT,
+                },
+                error.kind.as_str(),
+            ),
+            WalletError::TooManyPending => (StatusCode::CONFLICT, "too_many_pending"),
+            WalletError::Store { .. } | WalletError::Damaged { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "wallet_store")
+            }
+        };
+        ApiError {
+            status,
+            kind,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// `GET /api/v1/wallet`: balances at the hub in use, and unsettled earnings.
+async fn get_wallet(State(shared): State<Arc<Shared>>) -> Result<Json<WalletView>, ApiError> {
+    Ok(Json(shared.wallet.view().await?))
+}
+
+/// `POST /api/v1/wallet/topup`: a faucet top-up, moved into escrow. Answers the wallet.
+async fn post_topup(
+    State(shared): State<Arc<Shared>>,
+    body: Bytes,
+) -> Result<Json<WalletView>, ApiError> {
+    let req: TopupRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "bad top-up request ({e}); send {{\"amount\": <nano-WRN integer>, \"hub\": <optional node id>}}"
+        ))
+    })?;
+    Ok(Json(shared.wallet.topup(req.amount, req.hub).await?))
+}
+
+/// `POST /api/v1/wallet/settle`: hands pending promises to their hubs.
+async fn post_settle(State(shared): State<Arc<Shared>>) -> Result<Json<SettleReport>, ApiError> {
+    Ok(Json(shared.wallet.settle().await?))
+}
+
+/// `GET /api/v1/wallet/history?limit=N` (default 50, at most 1000), newest first.
+async fn get_history(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Vec<HistoryView>>, ApiError> {
+    let mut limit = DEFAULT_HISTORY;
+    for (key, value) in &q {
+        match key.as_str() {
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=warren_pay::rpc::MAX_HISTORY as usize).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "limit={value:?} is not a number from 1 to {}",
+                            warren_pay::rpc::MAX_HISTORY
+                        ))
+                    })?;
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter {other:?}; use limit"
+                )));
+            }
+        }
+    }
+    Ok(Json(shared.wallet.history(limit).await?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,5 +414,31 @@ mod tests {
         assert!(e.message.contains("Germany"), "{}", e.message);
         let e = parse_filter(&q(&[("colour", "red")])).unwrap_err();
         assert!(e.message.contains("colour"), "{}", e.message);
+    }
+
+    #[test]
+    fn wallet_errors_map_to_kinds_and_statuses() {
+        use warren_pay::rpc::{RpcError, RpcErrorKind};
+        let e = ApiError::from(WalletError::NoHub);
+        assert_eq!((e.status, e.kind), (StatusCode::CONFLICT, "no_hub"));
+        assert!(e.message.contains("--hub"), "{}", e.message);
+        let refused = WalletError::Refused {
+            hub: warren_types::Identity::generate().node_id(),
+            what: "the top-up",
+            error: RpcError::new(RpcErrorKind::FaucetOff, "this hub has no faucet"),
+            hint: "",
+        };
+        let e = ApiError::from(refused);
+        assert_eq!((e.status, e.kind), (StatusCode::CONFLICT, "faucet_off"));
+        let e = ApiError::from(WalletError::ZeroAmount);
+        assert_eq!((e.status, e.kind), (StatusCode::BAD_REQUEST, "bad_request"));
+    }
+
+    #[test]
+    fn topup_bodies_are_strict() {
+        let ok: TopupRequest = serde_json::from_str(r#"{"amount": 1000}"#).unwrap();
+        assert_eq!((ok.amount, ok.hub), (Amount::from_nano(1000), None));
+        assert!(serde_json::from_str::<TopupRequest>(r#"{"amount": "10"}"#).is_err());
+        assert!(serde_json::from_str::<TopupRequest>(r#"{"amount": 1, "hubb": null}"#).is_err());
     }
 }

@@ -3,11 +3,13 @@
 pub mod api;
 pub mod catalog;
 pub mod config;
+pub mod hub;
 pub mod keystore;
 mod market;
 mod peer_cache;
 pub mod session;
 pub mod testnet;
+pub mod wallet;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,7 +24,9 @@ use warren_net::{NetConfig, Network};
 use warren_types::{Country, IpKind, NodeId, Offer, Price, Service, SignedOffer};
 
 pub use catalog::{OfferFilter, RemovalReason};
+pub use hub::{FeeBps, HubConfig};
 pub use market::NodeEvent;
+pub use wallet::{Wallet, WalletError, WalletView};
 pub use warren_net::{KnownPeer, Reachability, TransportKind};
 
 use market::Market;
@@ -58,6 +62,19 @@ impl ProvideConfig {
             offer_lifetime: DEFAULT_OFFER_LIFETIME,
         }
     }
+
+    /// What a payment hub that sells no bandwidth announces: the service "hub", price 0.
+    pub fn hub_only(country: Country) -> Self {
+        Self {
+            services: vec![Service::hub()],
+            ..Self::new(Price::default(), country)
+        }
+    }
+
+    /// Whether this sells bandwidth (the "proxy" service), not only announces a hub.
+    pub fn sells_proxy(&self) -> bool {
+        self.services.contains(&Service::proxy())
+    }
 }
 
 /// Everything a node needs to start. Build one with [`NodeConfig::new`] and adjust fields.
@@ -75,6 +92,9 @@ pub struct NodeConfig {
     pub socks: Option<ProxyListen>,
     /// The consumer's HTTP proxy front; `None` runs none.
     pub http_proxy: Option<ProxyListen>,
+    /// Run as a payment hub: its offer then names the service "hub" (a hub that does not
+    /// provide announces an offer of that service alone, at price 0).
+    pub hub: Option<HubConfig>,
 }
 
 /// Where a proxy front listens.
@@ -96,6 +116,7 @@ impl NodeConfig {
             exit: config::ExitConfig::default(),
             socks: None,
             http_proxy: None,
+            hub: None,
         }
     }
 }
@@ -118,6 +139,10 @@ pub enum StartError {
     },
     #[error("the exit policy is invalid: {0}")]
     Exit(String),
+    #[error(transparent)]
+    Hub(#[from] hub::HubStartError),
+    #[error(transparent)]
+    Wallet(#[from] WalletError),
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -132,11 +157,17 @@ pub(crate) struct Shared {
     pub market: Arc<Market>,
     pub net: Network,
     pub started: Instant,
-    /// What this node sells now; `None` while it does not provide.
+    /// What this node announces now (bandwidth, a hub or both); `None` while nothing.
     pub provide: watch::Sender<Option<ProvideConfig>>,
     pub own_offer: watch::Sender<Option<Offer>>,
+    /// The offer while it sells bandwidth: what the provider role accepts sessions under (a
+    /// hub's offer alone sells nothing).
+    pub proxy_offer: watch::Sender<Option<Offer>>,
     pub consumer: Arc<session::consumer::Consumer>,
     pub provider: Arc<session::provider::Provider>,
+    /// The hub this node runs, if it runs one.
+    pub hub: Option<Arc<dyn hub::HubService>>,
+    pub wallet: Arc<Wallet>,
 }
 
 /// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
@@ -180,23 +211,60 @@ impl NodeHandle {
         let socks_listener = bind_proxy("SOCKS5", config.socks).await?;
         let http_listener = bind_proxy("HTTP proxy", config.http_proxy).await?;
         let exit = config.exit.build().map_err(StartError::Exit)?;
+        let hub = match config.hub {
+            Some(h) => Some(hub::open(h, identity.node_id(), config.data_dir.as_deref()).await?),
+            None => None,
+        };
 
         let (net, net_task) = Network::spawn(config.net, market.clone(), cancel.clone()).await?;
-        let (own_offer, own_offer_rx) = watch::channel(None);
+        let mut tasks = vec![net_task];
+        let wallet = Wallet::open(
+            identity.node_id(),
+            net.clone(),
+            market.clone(),
+            hub.clone(),
+            config.data_dir.clone(),
+        );
+        let wallet = match wallet {
+            Ok(w) => Arc::new(w),
+            Err(e) => {
+                cancel.cancel();
+                for t in tasks {
+                    let _ = t.await;
+                }
+                if let Some(hub) = &hub {
+                    hub.close().await;
+                }
+                return Err(e.into());
+            }
+        };
+        let own_offer = watch::channel(None).0;
+        let (proxy_offer, proxy_offer_rx) = watch::channel(None);
         let consumer =
             session::consumer::Consumer::new(market.clone(), net.clone(), cancel.clone());
-        let provider = session::provider::Provider::new(exit.0, exit.1, own_offer_rx);
+        let provider = session::provider::Provider::new(exit.0, exit.1, proxy_offer_rx);
         let shared = Arc::new(Shared {
             market,
             net,
             started: Instant::now(),
             provide: watch::channel(None).0,
             own_offer,
+            proxy_offer,
             consumer,
             provider,
+            hub,
+            wallet,
         });
 
-        let mut tasks = vec![net_task];
+        if let Some(hub) = &shared.hub {
+            tasks.push(hub::spawn(hub.clone(), &shared.net, cancel.clone())?);
+            let info = hub.info();
+            info!(
+                fee = %hub::percent(info.fee_bps),
+                faucet = info.faucet,
+                "running a payment hub"
+            );
+        }
         tasks.extend(
             shared
                 .provider
@@ -262,17 +330,58 @@ impl NodeHandle {
             identity,
             provider: None,
         };
-        if let Some(provide) = config.provide {
-            handle.start_providing(provide).await?;
+        match config.provide {
+            Some(provide) => handle.start_providing(provide).await?,
+            None if handle.shared.hub.is_some() => {
+                handle
+                    .announce(Some(ProvideConfig::hub_only(Country::UNKNOWN)))
+                    .await?;
+            }
+            None => {}
         }
         Ok(handle)
     }
 
     /// Starts selling (or changes what is sold): signs and gossips an offer now and keeps
-    /// it fresh until [`NodeHandle::stop_providing`] or shutdown.
+    /// it fresh until [`NodeHandle::stop_providing`] or shutdown. A hub's offer also names
+    /// the service "hub".
     pub async fn start_providing(&mut self, provide: ProvideConfig) -> Result<(), StartError> {
-        provide.check()?;
-        self.stop_providing().await;
+        self.announce(Some(provide)).await
+    }
+
+    /// Stops selling bandwidth; peers drop the offer when it expires. A hub goes on
+    /// announcing itself (service "hub" alone).
+    pub async fn stop_providing(&mut self) {
+        let hub_only = self.shared.hub.as_ref().map(|_| {
+            let before = self.shared.provide.borrow().clone();
+            let mut p =
+                ProvideConfig::hub_only(before.as_ref().map_or(Country::UNKNOWN, |p| p.country));
+            if let Some(before) = before {
+                p.offer_lifetime = before.offer_lifetime;
+            }
+            p
+        });
+        if self.announce(hub_only).await.is_err() {
+            // The lifetime was checked when it was first announced; never reached.
+            self.stop_announcing().await;
+        }
+    }
+
+    /// Replaces what this node announces: `None` stops announcing anything.
+    async fn announce(&mut self, provide: Option<ProvideConfig>) -> Result<(), StartError> {
+        let provide = provide.map(|mut p| {
+            if self.shared.hub.is_some() && !p.services.contains(&Service::hub()) {
+                p.services.push(Service::hub());
+            }
+            p
+        });
+        if let Some(p) = &provide {
+            p.check()?;
+        }
+        self.stop_announcing().await;
+        let Some(provide) = provide else {
+            return Ok(());
+        };
         let token = self.cancel.child_token();
         self.shared.provide.send_replace(Some(provide.clone()));
         let task = tokio::spawn(market::provide_loop(
@@ -285,14 +394,24 @@ impl NodeHandle {
         Ok(())
     }
 
-    /// Stops re-signing this node's offer; peers drop it when it expires.
-    pub async fn stop_providing(&mut self) {
+    async fn stop_announcing(&mut self) {
         if let Some((token, task)) = self.provider.take() {
             token.cancel();
             let _ = task.await;
         }
         self.shared.provide.send_replace(None);
         self.shared.own_offer.send_replace(None);
+        self.shared.proxy_offer.send_replace(None);
+    }
+
+    /// This node's wallet: balances at its hub, top-ups, promises to settle.
+    pub fn wallet(&self) -> &Wallet {
+        &self.shared.wallet
+    }
+
+    /// The hub this node runs (its id, fee and faucet), if it runs one.
+    pub fn hub_info(&self) -> Option<warren_pay::rpc::HubInfo> {
+        self.shared.hub.as_ref().map(|h| h.info())
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -400,11 +519,14 @@ impl NodeHandle {
 
     /// Stops every task, saves the peer cache and waits for the tasks to end.
     pub async fn shutdown(mut self) {
-        self.stop_providing().await;
+        self.stop_announcing().await;
         let known = self.shared.net.state().known_peers;
         self.cancel.cancel();
         for t in self.tasks {
             let _ = t.await;
+        }
+        if let Some(hub) = &self.shared.hub {
+            hub.close().await;
         }
         if let Some(dir) = &self.data_dir {
             peer_cache::save(dir, &known);

@@ -160,13 +160,20 @@ pub(crate) async fn provide_loop(
                 debug!("our own offer was refused locally: {e}");
             }
             if shared.own_offer.borrow().is_none() {
-                info!(
-                    country = %offer.country,
-                    per_gib = %offer.price.per_gib,
-                    per_hour = %offer.price.per_hour,
-                    "offering bandwidth"
-                );
+                if provide.sells_proxy() {
+                    info!(
+                        country = %offer.country,
+                        per_gib = %offer.price.per_gib,
+                        per_hour = %offer.price.per_hour,
+                        "offering bandwidth"
+                    );
+                } else {
+                    info!("announcing the payment hub");
+                }
             }
+            shared
+                .proxy_offer
+                .send_replace(provide.sells_proxy().then(|| offer.clone()));
             shared.own_offer.send_replace(Some(offer));
             if shared.net.publish_offer(bytes).await.is_err() {
                 return;

@@ -1,13 +1,23 @@
 //! `warren testnet`: a whole Warren network in one process on loopback. A consumer node
-//! (with the local API) and providers in several countries at different prices, joined
-//! through the consumer, with throwaway identities and nothing written to disk.
+//! (with the local API), providers in several countries at different prices and a payment
+//! hub with a faucet, joined through the consumer, with throwaway identities and nothing
+//! written to disk. The consumer starts with [`CONSUMER_FUNDS`] in escrow at the hub.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use warren_net::NetConfig;
-use warren_types::{Amount, IpKind, Price};
+use warren_types::amount::NANO_PER_WRN;
+use warren_types::{Amount, IpKind, NodeId, Price};
 
+use crate::hub::HubConfig;
+use crate::wallet::{WalletError, WalletView};
 use crate::{NodeConfig, NodeHandle, ProvideConfig, ProxyListen, StartError};
+
+/// What the consumer tops up at the testnet's hub when it starts.
+pub const CONSUMER_FUNDS: Amount = Amount::from_nano(10 * NANO_PER_WRN);
+/// How long the consumer waits for the hub's offer before it gives up funding.
+const HUB_OFFER_WAIT: Duration = Duration::from_secs(15);
 
 /// What a testnet's exits may reach besides the public internet: this machine's loopback.
 const LOOPBACK: ipnet::IpNet = ipnet::IpNet::V4(
@@ -28,6 +38,10 @@ pub enum TestnetError {
     Providers(usize),
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error("the consumer never saw the hub's offer within {} s", HUB_OFFER_WAIT.as_secs())]
+    HubNotSeen,
+    #[error("could not fund the consumer: {0}")]
+    Fund(#[source] WalletError),
 }
 
 /// A running test network.
@@ -35,6 +49,10 @@ pub enum TestnetError {
 pub struct Testnet {
     pub consumer: NodeHandle,
     pub providers: Vec<NodeHandle>,
+    /// The payment hub (memory ledger, faucet on).
+    pub hub: NodeHandle,
+    /// The consumer's wallet after its top-up.
+    pub wallet: WalletView,
 }
 
 fn loopback_net() -> NetConfig {
@@ -90,6 +108,15 @@ impl Testnet {
         let consumer = NodeHandle::spawn(consumer).await?;
         let bootstrap = consumer.dial_addrs();
 
+        let mut net = loopback_net();
+        net.bootstrap = bootstrap.clone();
+        let mut config = NodeConfig::new(net);
+        config.hub = Some(HubConfig {
+            faucet: true,
+            ..HubConfig::default()
+        });
+        let hub = NodeHandle::spawn(config).await?;
+
         let mut handles = Vec::with_capacity(providers);
         for i in 0..providers {
             let mut net = loopback_net();
@@ -99,9 +126,20 @@ impl Testnet {
             config.exit.allow = vec![LOOPBACK];
             handles.push(NodeHandle::spawn(config).await?);
         }
+        let wallet = match fund(&consumer, hub.node_id()).await {
+            Ok(w) => w,
+            Err(e) => {
+                for node in handles.into_iter().chain([hub, consumer]) {
+                    node.shutdown().await;
+                }
+                return Err(e);
+            }
+        };
         Ok(Testnet {
             consumer,
             providers: handles,
+            hub,
+            wallet,
         })
     }
 
@@ -109,6 +147,22 @@ impl Testnet {
         for p in self.providers {
             p.shutdown().await;
         }
+        self.hub.shutdown().await;
         self.consumer.shutdown().await;
     }
+}
+
+/// Once the hub's offer reaches the consumer, tops it up with [`CONSUMER_FUNDS`].
+async fn fund(consumer: &NodeHandle, hub: NodeId) -> Result<WalletView, TestnetError> {
+    if !consumer
+        .wait_for_catalog(HUB_OFFER_WAIT, |c| c.contains(&hub))
+        .await
+    {
+        return Err(TestnetError::HubNotSeen);
+    }
+    consumer
+        .wallet()
+        .topup(CONSUMER_FUNDS, Some(hub))
+        .await
+        .map_err(TestnetError::Fund)
 }

@@ -5,6 +5,7 @@ pub mod ledger;
 pub mod payee;
 pub mod payer;
 pub mod records;
+pub mod rpc;
 pub mod settle;
 pub mod window;
 

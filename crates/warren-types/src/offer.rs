@@ -91,6 +91,11 @@ impl Service {
         Service("proxy".to_string())
     }
 
+    /// A payment hub: holds escrows and settles promises (`warren node --hub`).
+    pub fn hub() -> Self {
+        Service("hub".to_string())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -443,6 +448,13 @@ mod tests {
             let r = SignedOffer::from_bytes(bytes).and_then(|s| s.verify(NOW).map(|_| ()));
             assert!(r.is_err());
         }
+    }
+
+    #[test]
+    fn well_known_services_are_valid_names() {
+        assert_eq!(Service::new("proxy"), Ok(Service::proxy()));
+        assert_eq!(Service::new("hub"), Ok(Service::hub()));
+        assert_eq!(Service::hub().as_str(), "hub");
     }
 
     #[test]

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use warren_types::{Amount, Country, IpKind, NodeId};
+use warren_node::FeeBps;
+use warren_types::{Amount, Country, IpKind, NodeId, Service};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,6 +57,10 @@ pub enum Command {
         /// Only offers at most this price per hour, in WRN.
         #[arg(long, value_name = "WRN")]
         max_price_hour: Option<Amount>,
+        /// Only offers of this service: "proxy" (bandwidth, the default) or "hub" (payment
+        /// hubs); "all" lists every offer.
+        #[arg(long, value_name = "NAME", default_value = "proxy", value_parser = parse_service)]
+        service: ServiceFilter,
         #[arg(long)]
         json: bool,
     },
@@ -87,8 +92,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run a whole local network in one process: providers in several countries and a
-    /// consumer whose API is on --api.
+    /// Balances and escrow at the payment hub, and earnings; top up, settle, history.
+    Wallet {
+        #[command(subcommand)]
+        action: Option<WalletAction>,
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Run a whole local network in one process: providers in several countries, a payment
+    /// hub with a faucet, and a consumer (10 WRN in escrow) whose API is on --api.
     Testnet {
         /// How many providers to start.
         #[arg(long, default_value_t = 4)]
@@ -97,6 +109,70 @@ pub enum Command {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:1080")]
         socks: SocketAddr,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WalletAction {
+    /// Get WRN from a test hub's faucet and put it into escrow for sessions.
+    Topup {
+        /// How much, in WRN (e.g. 10 or 0.5).
+        #[arg(value_name = "WRN")]
+        amount: Amount,
+        /// The hub to top up at (a node id from `warren offers --service hub`); default the
+        /// hub the wallet uses.
+        #[arg(long, value_name = "ID")]
+        hub: Option<NodeId>,
+    },
+    /// Hand the promises this node earned as a provider to their hubs for payment.
+    Settle,
+    /// The latest movements of this node's account at the hub, newest first.
+    History {
+        /// How many entries (at most 1000).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+    },
+}
+
+/// Which offers `warren offers` lists: one service, or all of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceFilter(pub Option<Service>);
+
+/// "proxy", "hub", or "all" (no filter).
+fn parse_service(text: &str) -> Result<ServiceFilter, String> {
+    if text == "all" {
+        return Ok(ServiceFilter(None));
+    }
+    Service::new(text)
+        .map(|s| ServiceFilter(Some(s)))
+        .map_err(|_| format!("{text:?} is not a service name such as proxy or hub (or all)"))
+}
+
+/// A hub fee as a percentage ("1", "0.5"), exact to a basis point, at most 5 %.
+pub fn parse_fee(text: &str) -> Result<FeeBps, String> {
+    let t = text.trim().trim_end_matches('%').trim();
+    let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
+    let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && frac.is_empty()) || !digits(whole) || !digits(frac) {
+        return Err(format!("{text:?} is not a percentage such as 1 or 0.5"));
+    }
+    if frac.len() > 2 {
+        return Err(format!("{text:?} is finer than a basis point (0.01 %)"));
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole
+            .parse()
+            .map_err(|_| format!("{text:?} is above the protocol cap of 5 %"))?
+    };
+    let frac: u64 = format!("{frac:0<2}").parse().unwrap_or(0);
+    let bps = whole.saturating_mul(100).saturating_add(frac);
+    if bps > u64::from(FeeBps::CAP.0) {
+        return Err(format!(
+            "a hub fee of {text} % is above the protocol cap of 5 %"
+        ));
+    }
+    Ok(FeeBps(bps as u16))
 }
 
 #[derive(Debug, Args)]
@@ -147,4 +223,40 @@ pub struct NodeArgs {
     /// if it exists.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Run a payment hub: hold consumers' escrows and settle providers' promises (ledger in
+    /// hub/hub.db in the data directory), and announce it in an offer.
+    #[arg(long)]
+    pub hub: bool,
+    /// Give free top-ups from the hub (test networks only).
+    #[arg(long, requires = "hub")]
+    pub faucet: bool,
+    /// The hub's fee on every settlement, in percent (default 1, at most 5).
+    #[arg(long, value_name = "PERCENT", requires = "hub", value_parser = parse_fee)]
+    pub hub_fee: Option<FeeBps>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_fees_parse_exactly_and_stop_at_the_cap() {
+        assert_eq!(parse_fee("1"), Ok(FeeBps(100)));
+        assert_eq!(parse_fee("0.5"), Ok(FeeBps(50)));
+        assert_eq!(parse_fee("2.25%"), Ok(FeeBps(225)));
+        assert_eq!(parse_fee("5"), Ok(FeeBps(500)));
+        assert_eq!(parse_fee("0"), Ok(FeeBps(0)));
+        for bad in [
+            "5.01",
+            "6",
+            "99999999999999999999",
+            "0.001",
+            "one",
+            "",
+            "-1",
+        ] {
+            assert!(parse_fee(bad).is_err(), "{bad}");
+        }
+        assert!(parse_fee("7").unwrap_err().contains("cap of 5 %"));
+    }
 }

@@ -7,14 +7,17 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use warren_net::NetConfig;
-use warren_node::api::{Disconnected, OfferView, Status};
+use warren_node::api::{Disconnected, OfferView, Status, TopupRequest};
 use warren_node::config::FileConfig;
 use warren_node::keystore;
 use warren_node::session::consumer::{ConnectRequest, SessionView};
-use warren_node::{NodeConfig, NodeHandle, ProvideConfig, ProxyListen, testnet::Testnet};
-use warren_types::{Amount, Country, Identity, Price};
+use warren_node::wallet::{HistoryView, SettleReport, WalletView};
+use warren_node::{
+    HubConfig, NodeConfig, NodeHandle, ProvideConfig, ProxyListen, testnet::Testnet,
+};
+use warren_types::{Amount, Country, Identity, NodeId, Price, Service};
 
-use crate::cli::{Cli, Command, NodeArgs};
+use crate::cli::{Cli, Command, NodeArgs, WalletAction};
 use crate::client::ApiClient;
 
 fn passphrase() -> Option<String> {
@@ -45,8 +48,17 @@ pub async fn run(cli: Cli) -> Result<()> {
             country,
             max_price_gib,
             max_price_hour,
+            service,
             json,
-        } => offers(&cli, *country, *max_price_gib, *max_price_hour, *json).await,
+        } => {
+            let filter = OffersFilter {
+                country: *country,
+                max_gib: *max_price_gib,
+                max_hour: *max_price_hour,
+                service: service.0.clone(),
+            };
+            offers(&cli, filter, *json).await
+        }
         Command::Status { json } => status(&cli, *json).await,
         Command::Connect {
             provider,
@@ -64,6 +76,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             connect(&cli, req, *json).await
         }
         Command::Disconnect { json } => disconnect(&cli, *json).await,
+        Command::Wallet { action, json } => match action {
+            None => wallet(&cli, *json).await,
+            Some(WalletAction::Topup { amount, hub }) => topup(&cli, *amount, *hub, *json).await,
+            Some(WalletAction::Settle) => settle(&cli, *json).await,
+            Some(WalletAction::History { limit }) => history(&cli, *limit, *json).await,
+        },
         Command::Testnet { providers, socks } => testnet(&cli, *providers, *socks).await,
     }
 }
@@ -178,6 +196,18 @@ async fn node(cli: &Cli, args: &NodeArgs) -> Result<()> {
         p.offer_lifetime = Duration::from_secs(args.offer_lifetime);
         config.provide = Some(p);
     }
+    if args.hub {
+        config.hub = Some(HubConfig {
+            faucet: args.faucet,
+            fee: args.hub_fee.unwrap_or(warren_node::FeeBps::DEFAULT),
+        });
+        if config.provide.is_none() {
+            // A hub that sells no bandwidth still announces itself, where it says it is.
+            let mut p = ProvideConfig::hub_only(args.country.unwrap_or(Country::UNKNOWN));
+            p.offer_lifetime = Duration::from_secs(args.offer_lifetime);
+            config.provide = Some(p);
+        }
+    }
     let handle = NodeHandle::spawn(config).await?;
     eprintln!(
         "warren node {} is running; local API on http://{}",
@@ -192,6 +222,13 @@ async fn node(cli: &Cli, args: &NodeArgs) -> Result<()> {
     }
     if let Some(a) = handle.http_proxy_addr() {
         eprintln!("  HTTP proxy on {a}");
+    }
+    if let Some(h) = handle.hub_info() {
+        eprintln!(
+            "  payment hub: fee {} %, faucet {}",
+            warren_node::hub::percent(h.fee_bps),
+            if h.faucet { "on" } else { "off" }
+        );
     }
     eprintln!("stop it with Ctrl-C or SIGTERM");
     wait_for_signal().await?;
@@ -210,22 +247,26 @@ async fn wait_for_signal() -> Result<()> {
     Ok(())
 }
 
-async fn offers(
-    cli: &Cli,
+struct OffersFilter {
     country: Option<Country>,
     max_gib: Option<Amount>,
     max_hour: Option<Amount>,
-    json: bool,
-) -> Result<()> {
+    service: Option<Service>,
+}
+
+async fn offers(cli: &Cli, filter: OffersFilter, json: bool) -> Result<()> {
     let mut query = Vec::new();
-    if let Some(c) = country {
+    if let Some(c) = filter.country {
         query.push(("country", c.to_string()));
     }
-    if let Some(m) = max_gib {
+    if let Some(m) = filter.max_gib {
         query.push(("max_price_per_gib", m.nano().to_string()));
     }
-    if let Some(m) = max_hour {
+    if let Some(m) = filter.max_hour {
         query.push(("max_price_per_hour", m.nano().to_string()));
+    }
+    if let Some(s) = &filter.service {
+        query.push(("service", s.as_str().to_string()));
     }
     let offers: Vec<OfferView> = ApiClient::new(cli.api)?
         .get("/api/v1/offers", &query)
@@ -284,6 +325,13 @@ async fn status(cli: &Cli, json: bool) -> Result<()> {
     }
     if s.serving > 0 {
         println!("serving    {} session(s)", s.serving);
+    }
+    if let Some(h) = &s.hub {
+        println!(
+            "hub        yes, fee {} %, faucet {}",
+            warren_node::hub::percent(h.fee_bps),
+            if h.faucet { "on" } else { "off" }
+        );
     }
     println!("uptime     {} s", s.uptime_secs);
     Ok(())
@@ -351,20 +399,144 @@ async fn disconnect(cli: &Cli, json: bool) -> Result<()> {
     Ok(())
 }
 
+fn print_wallet(w: &WalletView) {
+    match w.hub {
+        Some(h) => println!("hub               {h}"),
+        None => println!(
+            "hub               none known yet (hubs announce themselves; `warren offers --service hub`)"
+        ),
+    }
+    println!("balance           {} WRN", w.balance);
+    println!("escrow            {} WRN", w.escrow);
+    println!("earned, unsettled {} WRN", w.earned_unsettled);
+    println!("earned, settled   {} WRN", w.earned_settled);
+    if w.pending_promises > 0 {
+        println!(
+            "                  {} promise(s) to settle: `warren wallet settle`",
+            w.pending_promises
+        );
+    }
+}
+
+async fn wallet(cli: &Cli, json: bool) -> Result<()> {
+    let w: WalletView = ApiClient::new(cli.api)?.get("/api/v1/wallet", &[]).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&w)?);
+    } else {
+        print_wallet(&w);
+    }
+    Ok(())
+}
+
+async fn topup(cli: &Cli, amount: Amount, hub: Option<NodeId>, json: bool) -> Result<()> {
+    let w: WalletView = ApiClient::new(cli.api)?
+        .post("/api/v1/wallet/topup", &TopupRequest { amount, hub })
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&w)?);
+    } else {
+        let at = w.hub.map(|h| h.to_string()).unwrap_or_default();
+        println!("Topped up {amount} WRN at hub {at}; it is in escrow for sessions.");
+        println!();
+        print_wallet(&w);
+    }
+    Ok(())
+}
+
+async fn settle(cli: &Cli, json: bool) -> Result<()> {
+    let r: SettleReport = ApiClient::new(cli.api)?
+        .post("/api/v1/wallet/settle", &serde_json::json!({}))
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else if r.promises == 0 && r.errors.is_empty() {
+        println!("Nothing to settle: this node holds no unsettled promises.");
+    } else {
+        println!(
+            "Settled {} of {} promise(s): {} WRN earned (after {} WRN in hub fees).",
+            r.paid_promises, r.promises, r.earned, r.fees
+        );
+        if r.pending_promises > 0 {
+            println!(
+                "{} promise(s) worth {} WRN still wait for settlement.",
+                r.pending_promises, r.earned_unsettled
+            );
+        }
+    }
+    if !r.errors.is_empty() {
+        for e in &r.errors {
+            eprintln!("  {e}");
+        }
+        bail!(
+            "{} problem(s) while settling; promises that were not paid are kept: run `warren wallet settle` again later",
+            r.errors.len()
+        );
+    }
+    Ok(())
+}
+
+async fn history(cli: &Cli, limit: u32, json: bool) -> Result<()> {
+    let entries: Vec<HistoryView> = ApiClient::new(cli.api)?
+        .get("/api/v1/wallet/history", &[("limit", limit.to_string())])
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(());
+    }
+    if entries.is_empty() {
+        println!("No movements yet (or no payment hub known).");
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:<14} {:>16} {:>12}  {:<10} MEMO",
+        "WHEN (UNIX)", "KIND", "WRN", "FEE", "WITH"
+    );
+    for e in &entries {
+        println!(
+            "{:<12} {:<14} {:>16} {:>12}  {:<10} {}",
+            e.at,
+            e.kind,
+            e.amount.to_string(),
+            e.fee.to_string(),
+            e.counterparty.map(|c| c.short()).unwrap_or_default(),
+            e.memo
+        );
+    }
+    Ok(())
+}
+
 async fn testnet(cli: &Cli, providers: usize, socks: SocketAddr) -> Result<()> {
     let net = Testnet::start(providers, cli.api, Some(socks)).await?;
     let api = net.consumer.api_addr().unwrap_or(cli.api);
+    let proxies = warren_node::OfferFilter {
+        service: Some(Service::proxy()),
+        ..Default::default()
+    };
     let everyone = net
         .consumer
-        .wait_for_catalog(Duration::from_secs(15), |c| c.len() >= providers)
+        .wait_for_catalog(Duration::from_secs(15), |c| {
+            c.list(&proxies).len() >= providers
+        })
         .await;
-    println!("Warren testnet is up: {providers} providers and a consumer, all on loopback.");
+    println!(
+        "Warren testnet is up: {providers} providers, a payment hub and a consumer, all on loopback."
+    );
     if !everyone {
         println!("(the consumer has not seen every offer yet; they are still arriving)");
     }
     println!();
+    let fee = net
+        .hub
+        .hub_info()
+        .map_or_else(String::new, |h| warren_node::hub::percent(h.fee_bps));
+    println!(
+        "Payment hub {} (faucet on, fee {fee} %); the consumer's wallet: {} WRN in escrow.",
+        net.hub.node_id().short(),
+        net.wallet.escrow
+    );
+    println!();
     println!("Offers the consumer sees:");
-    for o in net.consumer.offers(&Default::default()) {
+    for o in net.consumer.offers(&proxies) {
         println!(
             "  {}  {}  {:>6} WRN/GiB  {:>6} WRN/hour  {}",
             o.provider.short(),
@@ -386,6 +558,8 @@ async fn testnet(cli: &Cli, providers: usize, socks: SocketAddr) -> Result<()> {
     }
     println!("  warren --api {api} offers --country DE --json");
     println!("  warren --api {api} status");
+    println!("  warren --api {api} wallet");
+    println!("  warren --api {api} wallet topup 5");
     println!("  curl http://{api}/api/v1/offers");
     println!("  curl http://{api}/api/v1/status");
     println!();

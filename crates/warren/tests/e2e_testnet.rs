@@ -1,5 +1,6 @@
 //! `warren testnet` as a newcomer runs it: one process, providers in several countries, a
-//! consumer whose API answers `warren offers`, and a clean stop on SIGTERM.
+//! payment hub, a consumer whose API answers `warren offers` and whose wallet starts with
+//! 10 WRN in escrow, and a clean stop on SIGTERM.
 
 mod support;
 
@@ -73,7 +74,33 @@ fn testnet_offers_several_countries_and_stops_cleanly() {
     assert_eq!(countries, vec!["BR", "DE", "NL", "US"], "{offers}");
     let status = warren(dir.path(), api.parse().unwrap(), &["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    assert_eq!(status["peers"].as_u64(), Some(4), "{status}");
+    // Four providers and the hub.
+    assert_eq!(status["peers"].as_u64(), Some(5), "{status}");
+
+    // The consumer starts funded: 10 WRN in escrow at the testnet's hub.
+    assert!(text.contains("10 WRN in escrow"), "{text}");
+    assert!(
+        text.contains(&format!("warren --api {api} wallet")),
+        "{text}"
+    );
+    let wallet = warren(dir.path(), api.parse().unwrap(), &["wallet", "--json"]);
+    assert!(
+        wallet.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wallet.stderr)
+    );
+    let wallet: serde_json::Value = serde_json::from_slice(&wallet.stdout).unwrap();
+    assert_eq!(wallet["escrow"].as_u64(), Some(10_000_000_000), "{wallet}");
+    for field in ["balance", "earned_unsettled", "earned_settled"] {
+        assert!(wallet[field].is_u64(), "{field} missing in {wallet}");
+    }
+    let hubs = warren(
+        dir.path(),
+        api.parse().unwrap(),
+        &["offers", "--service", "hub", "--json"],
+    );
+    let hubs: serde_json::Value = serde_json::from_slice(&hubs.stdout).unwrap();
+    assert_eq!(hubs[0]["provider"], wallet["hub"], "{hubs} {wallet}");
 
     // Offline, a newcomer can browse through a provider: the testnet's exits allow
     // 127.0.0.0/8, so the consumer's own API answers through the tunnel.

@@ -8,21 +8,26 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
 use tokio_util::sync::CancellationToken;
 
 /// Buffer per direction. Large, because small writes over yamux cost several times more.
 pub const SPLICE_BUF: usize = 256 * 1024;
 
-/// Payload bytes of one session in both directions, shared by all its flows.
+/// Payload bytes of one session in both directions, shared by all its flows, and a gate
+/// that pauses them (a provider owed more than the credit window stops carrying until paid).
 #[derive(Debug)]
 pub struct Meter {
     up: AtomicU64,
     down: AtomicU64,
     cap: u64,
+    paused: AtomicBool,
+    resumed: Arc<Notify>,
 }
 
 impl Default for Meter {
@@ -38,7 +43,24 @@ impl Meter {
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
             cap: cap.unwrap_or(u64::MAX),
+            paused: AtomicBool::new(false),
+            resumed: Arc::new(Notify::new()),
         }
+    }
+
+    /// Stops every flow of the session from reading more (both directions) until
+    /// [`Meter::resume`]. Bytes already read are still delivered.
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+        self.resumed.notify_waiters();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
     }
 
     /// Bytes from the consumer towards the destination.
@@ -75,12 +97,48 @@ enum Direction {
     Down,
 }
 
-/// A reader that adds what it reads to a [`Meter`] and fails once the meter's cap is used up.
-#[derive(Debug)]
+/// A reader that adds what it reads to a [`Meter`], waits while the meter is paused, and fails
+/// once the meter's cap is used up.
 struct Counted<S> {
     inner: S,
     meter: Arc<Meter>,
     direction: Direction,
+    /// Registered before the pause flag is re-checked, so a resume is never missed.
+    resume: Option<Pin<Box<OwnedNotified>>>,
+}
+
+impl<S> Counted<S> {
+    fn new(inner: S, meter: Arc<Meter>, direction: Direction) -> Self {
+        Counted {
+            inner,
+            meter,
+            direction,
+            resume: None,
+        }
+    }
+
+    /// Ready once the meter is not paused.
+    fn poll_unpaused(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if !self.meter.is_paused() {
+                self.resume = None;
+                return Poll::Ready(());
+            }
+            let meter = self.meter.clone();
+            let wait = self
+                .resume
+                .get_or_insert_with(|| Box::pin(meter.resumed.clone().notified_owned()));
+            wait.as_mut().enable();
+            if !self.meter.is_paused() {
+                self.resume = None;
+                return Poll::Ready(());
+            }
+            match wait.as_mut().poll(cx) {
+                Poll::Ready(()) => self.resume = None,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -91,6 +149,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     ) -> Poll<io::Result<()>> {
         if self.meter.exhausted() {
             return Poll::Ready(Err(io::Error::other("session byte cap reached")));
+        }
+        if self.poll_unpaused(cx).is_pending() {
+            return Poll::Pending;
         }
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
@@ -228,16 +289,8 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut a = Counted {
-        inner: consumer,
-        meter: meter.clone(),
-        direction: Direction::Up,
-    };
-    let mut b = Counted {
-        inner: remote,
-        meter,
-        direction: Direction::Down,
-    };
+    let mut a = Counted::new(consumer, meter.clone(), Direction::Up);
+    let mut b = Counted::new(remote, meter, Direction::Down);
     tokio::select! {
         res = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, SPLICE_BUF, SPLICE_BUF) => {
             match res {
@@ -311,6 +364,39 @@ mod tests {
         stop.cancel();
         let err = waiting.await.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+    }
+
+    #[tokio::test]
+    async fn a_paused_meter_holds_both_directions_until_resumed() {
+        let (mut client, client_far) = tokio::io::duplex(64 * 1024);
+        let (mut remote, remote_far) = tokio::io::duplex(64 * 1024);
+        let meter = Arc::new(Meter::default());
+        let stop = CancellationToken::new();
+        let m = meter.clone();
+        let task = tokio::spawn(async move { splice(client_far, remote_far, m, &stop).await });
+        client.write_all(b"before").await.unwrap();
+        let mut got = [0u8; 6];
+        remote.read_exact(&mut got).await.unwrap();
+        meter.pause();
+        client.write_all(b"during").await.unwrap();
+        remote.write_all(b"back").await.unwrap();
+        // Nothing moves while paused (bounded wait: 200 ms of nothing).
+        let mut buf = [0u8; 6];
+        let stalled = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            remote.read_exact(&mut buf),
+        )
+        .await;
+        assert!(stalled.is_err(), "bytes moved while paused");
+        assert_eq!((meter.up(), meter.down()), (6, 0));
+        meter.resume();
+        remote.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"during");
+        let mut back = [0u8; 4];
+        client.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"back");
+        drop((client, remote));
+        assert_eq!(task.await.unwrap(), SpliceEnd::Done);
     }
 
     #[tokio::test]

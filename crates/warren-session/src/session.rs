@@ -7,17 +7,29 @@
 //! ```
 //! use std::time::{Duration, Instant};
 //! use warren_session::{ControlMsg, Session, SessionConfig, SessionEvent, SessionId};
+//! use warren_types::Amount;
 //!
 //! let mut now = Instant::now();
 //! let id = SessionId([7; 16]);
 //! let config = SessionConfig::default();
-//! let mut consumer = Session::consumer(now, id, 1, Default::default(), config);
+//! // An unpaid session: no pay terms in the Open.
+//! let mut consumer = Session::consumer(now, id, 1, Default::default(), None, config);
 //! let open = consumer.poll_transmit().expect("the Open message");
-//! // ... which travels to the provider's node, which decides to accept:
-//! let mut provider = Session::provider(now, &open, Ok(()), config)?;
+//! // ... which travels to the provider's node, which decides to accept (holding nothing
+//! // from this consumer yet):
+//! let mut provider = Session::provider(now, &open, Ok(()), Amount::ZERO, config)?;
 //! let accept = provider.poll_transmit().expect("the Accept message");
 //! consumer.handle_input(now, accept)?;
 //! assert_eq!(consumer.poll_event(), Some(SessionEvent::Opened));
+//!
+//! // Payment records ride on the open session, each way its own.
+//! provider.send_invoice(b"signed invoice".to_vec())?;
+//! let invoice = provider.poll_transmit().expect("the Invoice message");
+//! consumer.handle_input(now, invoice)?;
+//! assert_eq!(
+//!     consumer.poll_event(),
+//!     Some(SessionEvent::Invoice(b"signed invoice".to_vec()))
+//! );
 //!
 //! // With nothing to say, each side sends a Keepalive once a second.
 //! now += Duration::from_secs(1);
@@ -29,11 +41,12 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::mem;
 use std::time::{Duration, Instant};
 
-use warren_types::Price;
+use warren_types::{Amount, Price};
 
-use crate::wire::{CloseReason, ControlMsg, SessionId, SessionRefusal};
+use crate::wire::{CloseReason, ControlMsg, MAX_RECORD, PayTerms, SessionId, SessionRefusal};
 
 /// Timers and limits of a session. Both sides should use the same values; the defaults fit
 /// a control stream that shares a connection with busy flows.
@@ -48,7 +61,11 @@ pub struct SessionConfig {
     /// within this long of the Open.
     pub open_timeout: Duration,
     /// Close with [`CloseReason::ProtocolError`] when the peer sends more messages than this
-    /// within one second: an honest peer sends about one.
+    /// within one second. An idle peer sends about one (a Keepalive), but a paid session
+    /// also carries an invoice (provider) or a promise (consumer) every few MiB of traffic:
+    /// at 4 MiB a record, a 1 Gbit/s session is about 30 a second and a 5 Gbit/s one about
+    /// 150. The default, 200, leaves room for that and for bursts, and still stops a flood
+    /// long before it costs anything.
     pub max_msgs_per_sec: u32,
 }
 
@@ -58,7 +75,7 @@ impl Default for SessionConfig {
             keepalive_interval: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(5),
             open_timeout: Duration::from_secs(5),
-            max_msgs_per_sec: 50,
+            max_msgs_per_sec: 200,
         }
     }
 }
@@ -116,8 +133,11 @@ impl State {
     }
 }
 
-/// What the driver should learn about; each happens at most once per session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the driver should learn about. `Opened`, `Refused` and `Closed` each happen at most
+/// once per session; `Invoice` and `Promise` come while the session is open, and at most one
+/// of each waits at a time: a newer record replaces an older one not yet polled (records are
+/// cumulative, so the newest says all the older ones did).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEvent {
     /// The session is open (consumer: Accept received; provider: Accept queued).
     Opened,
@@ -125,11 +145,22 @@ pub enum SessionEvent {
     Refused(SessionRefusal),
     /// The session ended.
     Closed { reason: CloseReason, by_peer: bool },
+    /// Consumer only: the provider sent an invoice (opaque signed bytes, at most
+    /// [`MAX_RECORD`]).
+    Invoice(Vec<u8>),
+    /// Provider only: the consumer sent a promise (opaque signed bytes, at most
+    /// [`MAX_RECORD`]).
+    Promise(Vec<u8>),
 }
 
-/// What was wrong with the peer's side of the conversation. Except for
-/// [`NotAnOpen`](Self::NotAnOpen), the session has closed with
-/// [`CloseReason::ProtocolError`] by the time the error is returned, and a Close is queued.
+/// What was wrong with the peer's side of the conversation, or with a record this side
+/// tried to send.
+///
+/// From [`Session::handle_input`] the session has closed with [`CloseReason::ProtocolError`]
+/// by the time the error is returned, and a Close is queued. [`NotAnOpen`](Self::NotAnOpen)
+/// (from [`Session::provider`]) and the errors of [`Session::send_invoice`] and
+/// [`Session::send_promise`] ([`CannotSend`](Self::CannotSend), or
+/// [`RecordTooLarge`](Self::RecordTooLarge) with `from` this side) change nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
     #[error("session {session}: the {peer} sent {msg}, which is out of place while {state}")]
@@ -153,9 +184,25 @@ pub enum SessionError {
     },
     #[error("a provider session starts from an Open message, not {got}")]
     NotAnOpen { got: &'static str },
+    #[error("session {session}: the {from}'s {msg} of {size} bytes is over the {max}-byte limit")]
+    RecordTooLarge {
+        session: SessionId,
+        from: Role,
+        msg: &'static str,
+        size: usize,
+        max: usize,
+    },
+    #[error("session {session}: a {role} cannot send {msg} while {state}")]
+    CannotSend {
+        session: SessionId,
+        role: Role,
+        msg: &'static str,
+        state: &'static str,
+    },
 }
 
-/// At most Opened and one terminal event ever happen; the cap only makes the bound explicit.
+/// At most Opened, one pending payment record and one terminal event are ever queued; the
+/// cap only makes the bound explicit.
 const MAX_EVENTS: usize = 4;
 /// The rate limit's window.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
@@ -167,6 +214,10 @@ pub struct Session {
     id: SessionId,
     offer_seq: u64,
     price: Price,
+    pay: Option<PayTerms>,
+    /// Provider: what it told the consumer in the Accept; consumer: what the Accept said
+    /// (zero until then).
+    base: Amount,
     config: SessionConfig,
     state: State,
     opened_at: Option<Instant>,
@@ -175,8 +226,9 @@ pub struct Session {
     last_received: Instant,
     window_start: Instant,
     window_count: u32,
-    /// At most the opening message and one Keepalive, or a single Close: bounded by
-    /// construction (see `queue`).
+    /// At most the opening message, one Keepalive and one payment record (a side only ever
+    /// sends one kind), or a record and the Close after it: bounded by construction (see
+    /// `queue` and `queue_record`).
     transmit: VecDeque<ControlMsg>,
     events: VecDeque<SessionEvent>,
     bytes_up: u64,
@@ -190,6 +242,7 @@ impl Session {
         id: SessionId,
         offer_seq: u64,
         price: Price,
+        pay: Option<PayTerms>,
         config: SessionConfig,
     ) -> Self {
         Session {
@@ -197,6 +250,8 @@ impl Session {
             id,
             offer_seq,
             price,
+            pay,
+            base: Amount::ZERO,
             config,
             state: State::Opening { since: now },
             opened_at: None,
@@ -205,29 +260,31 @@ impl Session {
             last_received: now,
             window_start: now,
             window_count: 0,
-            transmit: VecDeque::with_capacity(2),
-            events: VecDeque::with_capacity(2),
+            transmit: VecDeque::with_capacity(3),
+            events: VecDeque::with_capacity(3),
             bytes_up: 0,
             bytes_down: 0,
         }
     }
 
     /// Consumer: starts Opening and queues the Open, which carries the offer's sequence
-    /// number and the price the consumer agreed to.
+    /// number, the price the consumer agreed to and how it pays (`None`: it does not).
     pub fn consumer(
         now: Instant,
         id: SessionId,
         offer_seq: u64,
         price: Price,
+        pay: Option<PayTerms>,
         config: SessionConfig,
     ) -> Self {
-        let mut s = Session::new(now, Role::Consumer, id, offer_seq, price, config);
+        let mut s = Session::new(now, Role::Consumer, id, offer_seq, price, pay, config);
         s.queue(
             now,
             ControlMsg::Open {
                 session: id,
                 offer_seq,
                 price,
+                pay,
             },
         );
         s
@@ -235,28 +292,32 @@ impl Session {
 
     /// Provider: built from the Open that started the control stream and the node's
     /// decision on it (`Ok(())` to accept, `Err(reason)` to refuse); queues Accept or
-    /// Refuse. Fails only when `open` is not an Open, and then nothing is queued: the driver
-    /// just drops the stream.
+    /// Refuse. An Accept carries `base`, what the provider already holds from the
+    /// consumer's channel (zero for an unpaid session). Fails only when `open` is not an
+    /// Open, and then nothing is queued: the driver just drops the stream.
     pub fn provider(
         now: Instant,
         open: &ControlMsg,
         decision: Result<(), SessionRefusal>,
+        base: Amount,
         config: SessionConfig,
     ) -> Result<Self, SessionError> {
         let &ControlMsg::Open {
             session,
             offer_seq,
             price,
+            pay,
         } = open
         else {
             return Err(SessionError::NotAnOpen { got: open.name() });
         };
-        let mut s = Session::new(now, Role::Provider, session, offer_seq, price, config);
+        let mut s = Session::new(now, Role::Provider, session, offer_seq, price, pay, config);
+        s.base = base;
         // The Open is the first message of the rate window.
         s.window_count = 1;
         match decision {
             Ok(()) => {
-                s.queue(now, ControlMsg::Accept { session });
+                s.queue(now, ControlMsg::Accept { session, base });
                 s.open(now);
             }
             Err(reason) => {
@@ -300,9 +361,16 @@ impl Session {
                 Ok(())
             }
             (State::Open { .. }, ControlMsg::Keepalive) => Ok(()),
+            (State::Open { .. }, ControlMsg::Invoice { record }) if self.role == Role::Consumer => {
+                self.receive_record(now, "Invoice", record, SessionEvent::Invoice)
+            }
+            (State::Open { .. }, ControlMsg::Promise { record }) if self.role == Role::Provider => {
+                self.receive_record(now, "Promise", record, SessionEvent::Promise)
+            }
             // Only a consumer is ever Opening.
-            (State::Opening { .. }, ControlMsg::Accept { session }) => {
+            (State::Opening { .. }, ControlMsg::Accept { session, base }) => {
                 self.check_session(now, session)?;
+                self.base = base;
                 self.open(now);
                 Ok(())
             }
@@ -344,8 +412,28 @@ impl Session {
         }
     }
 
+    /// Provider, while open: queues an Invoice carrying `record` (opaque signed bytes, at
+    /// most [`MAX_RECORD`]). An Invoice still waiting to be sent is replaced in place: the
+    /// newest cumulative invoice says all the older ones did, and a driver slow to poll
+    /// finds one message, not a pile. On a consumer, before the open or after the end it
+    /// returns [`SessionError::CannotSend`] and changes nothing.
+    pub fn send_invoice(&mut self, record: Vec<u8>) -> Result<(), SessionError> {
+        self.send_record(Role::Provider, "Invoice", record, |record| {
+            ControlMsg::Invoice { record }
+        })
+    }
+
+    /// Consumer, while open: queues a Promise carrying `record`, replacing one still waiting
+    /// to be sent; otherwise as [`send_invoice`](Self::send_invoice).
+    pub fn send_promise(&mut self, record: Vec<u8>) -> Result<(), SessionError> {
+        self.send_record(Role::Consumer, "Promise", record, |record| {
+            ControlMsg::Promise { record }
+        })
+    }
+
     /// The next message to send, in order. After the session ends this yields at most the
-    /// one Refuse or Close that ended it, then nothing.
+    /// one Refuse or Close that ended it (after a payment record still waiting when this
+    /// side closed), then nothing.
     pub fn poll_transmit(&mut self) -> Option<ControlMsg> {
         self.transmit.pop_front()
     }
@@ -371,13 +459,15 @@ impl Session {
         self.events.pop_front()
     }
 
-    /// Ends the session from this side: queues a Close with `reason` (in place of anything
-    /// not yet sent) and goes Closed. Does nothing once the session has ended.
+    /// Ends the session from this side: queues a Close with `reason` and goes Closed. The
+    /// Close takes the place of anything not yet sent except a payment record: the last
+    /// invoice or promise is the last word on money, so it goes out just before the Close.
+    /// Does nothing once the session has ended.
     pub fn close(&mut self, now: Instant, reason: CloseReason) {
         if self.is_closed() {
             return;
         }
-        self.transmit.clear();
+        self.transmit.retain(is_record);
         self.queue(now, ControlMsg::Close { reason });
         self.end(
             now,
@@ -431,6 +521,17 @@ impl Session {
         self.offer_seq
     }
 
+    /// How the consumer pays, as the Open said (`None`: an unpaid session).
+    pub fn pay_terms(&self) -> Option<&PayTerms> {
+        self.pay.as_ref()
+    }
+
+    /// What the provider already held from the consumer's channel when the session opened,
+    /// as its Accept said (on a consumer, zero until the Accept arrives).
+    pub fn base(&self) -> Amount {
+        self.base
+    }
+
     pub fn state(&self) -> &State {
         &self.state
     }
@@ -458,6 +559,86 @@ impl Session {
         if self.events.len() < MAX_EVENTS {
             self.events.push_back(e);
         }
+    }
+
+    /// Checks and queues a payment record this side sends: `msg` (named `name`) is only
+    /// `from`'s to send.
+    fn send_record(
+        &mut self,
+        from: Role,
+        name: &'static str,
+        record: Vec<u8>,
+        msg: fn(Vec<u8>) -> ControlMsg,
+    ) -> Result<(), SessionError> {
+        if self.role != from || !matches!(self.state, State::Open { .. }) {
+            return Err(SessionError::CannotSend {
+                session: self.id,
+                role: self.role,
+                msg: name,
+                state: self.state.name(),
+            });
+        }
+        if record.len() > MAX_RECORD {
+            return Err(SessionError::RecordTooLarge {
+                session: self.id,
+                from: self.role,
+                msg: name,
+                size: record.len(),
+                max: MAX_RECORD,
+            });
+        }
+        self.queue_record(msg(record));
+        Ok(())
+    }
+
+    /// Queues a payment record, replacing in place one of the same kind not yet sent. It
+    /// does not count as sending for the keepalive timer, which needs `now`; at worst a
+    /// Keepalive follows a record a little sooner than it had to.
+    fn queue_record(&mut self, msg: ControlMsg) {
+        let kind = mem::discriminant(&msg);
+        match self
+            .transmit
+            .iter_mut()
+            .find(|m| mem::discriminant(*m) == kind)
+        {
+            Some(waiting) => *waiting = msg,
+            None => self.transmit.push_back(msg),
+        }
+    }
+
+    /// Takes a payment record from the peer (the caller checked the state and direction):
+    /// refuses one over the limit, otherwise reports it, replacing one of the same kind not
+    /// yet polled.
+    fn receive_record(
+        &mut self,
+        now: Instant,
+        msg: &'static str,
+        record: Vec<u8>,
+        event: fn(Vec<u8>) -> SessionEvent,
+    ) -> Result<(), SessionError> {
+        if record.len() > MAX_RECORD {
+            return Err(self.protocol_error(
+                now,
+                SessionError::RecordTooLarge {
+                    session: self.id,
+                    from: self.role.peer(),
+                    msg,
+                    size: record.len(),
+                    max: MAX_RECORD,
+                },
+            ));
+        }
+        let e = event(record);
+        let kind = mem::discriminant(&e);
+        match self
+            .events
+            .iter_mut()
+            .find(|old| mem::discriminant(*old) == kind)
+        {
+            Some(waiting) => *waiting = e,
+            None => self.event(e),
+        }
+        Ok(())
     }
 
     fn open(&mut self, now: Instant) {
@@ -510,6 +691,11 @@ impl Session {
         self.window_count = self.window_count.saturating_add(1);
         self.window_count <= self.config.max_msgs_per_sec
     }
+}
+
+/// Whether `msg` is a payment record.
+fn is_record(msg: &ControlMsg) -> bool {
+    matches!(msg, ControlMsg::Invoice { .. } | ControlMsg::Promise { .. })
 }
 
 /// Whether `after` has passed since `start` at `now`; a deadline past the end of time never

@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use warren_types::{FlowProto, FlowRefusal, Price, Target};
+use warren_types::{Amount, FlowProto, FlowRefusal, NodeId, Price, Target};
 
 /// Protocol of the session's control stream: one long-lived stream per session, opened by
 /// the consumer, carrying [`ControlMsg`]s both ways.
@@ -26,6 +26,11 @@ pub const MAX_FLOW_HEADER: usize = 1024;
 /// Longest refusal message a [`FlowReply`] carries, in bytes; longer ones are cut on a
 /// character boundary, so a chatty exit cannot push a reply over [`MAX_FLOW_HEADER`].
 pub const MAX_REFUSAL_MESSAGE: usize = 256;
+/// Largest payment record an [`Invoice`](ControlMsg::Invoice) or
+/// [`Promise`](ControlMsg::Promise) carries, in bytes. A signed record of `warren-pay` is well
+/// under it (about 600 bytes at most); a longer one is refused both when encoded and when
+/// decoded, so the whole message stays far inside [`MAX_CONTROL_MSG`].
+pub const MAX_RECORD: usize = 1024;
 
 /// Bytes of the length prefix in front of every body.
 const PREFIX: usize = 2;
@@ -283,18 +288,35 @@ impl FromStr for SessionId {
     }
 }
 
+/// How a consumer pays for a session: its escrow channel at a hub. The provider bills the
+/// session against that channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PayTerms {
+    /// The hub holding the consumer's escrow.
+    pub hub: NodeId,
+    /// The consumer's escrow channel at that hub (`warren-pay`'s `ChannelId`).
+    pub channel: [u8; 16],
+}
+
 /// A message on a session's control stream.
+///
+/// On the wire a message is its variant's index (a postcard varint, in declaration order)
+/// followed by its fields, so variants are only ever added at the end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControlMsg {
     /// Consumer → provider, first on the stream: the offer (by sequence number) and the
-    /// price the consumer agreed to, so the provider can refuse a stale price.
+    /// price the consumer agreed to, so the provider can refuse a stale price, and how the
+    /// consumer pays (`None`: it does not).
     Open {
         session: SessionId,
         offer_seq: u64,
         price: Price,
+        pay: Option<PayTerms>,
     },
-    /// Provider → consumer: the session is open.
-    Accept { session: SessionId },
+    /// Provider → consumer: the session is open. `base` is what the provider already holds
+    /// from the consumer's channel (cumulative over earlier sessions; zero when unpaid), the
+    /// figure the consumer's promises build on.
+    Accept { session: SessionId, base: Amount },
     /// Provider → consumer: the session will not open; the stream ends after it.
     Refuse {
         session: SessionId,
@@ -304,6 +326,19 @@ pub enum ControlMsg {
     Keepalive,
     /// Either way: the last message of the session.
     Close { reason: CloseReason },
+    /// Provider → consumer, only while open: a signed, cumulative invoice (opaque here, at
+    /// most [`MAX_RECORD`] bytes). A later one supersedes an earlier one.
+    Invoice {
+        #[serde(with = "record")]
+        record: Vec<u8>,
+    },
+    /// Consumer → provider, only while open: a signed, cumulative promise against the
+    /// consumer's channel (opaque here, at most [`MAX_RECORD`] bytes). A later one
+    /// supersedes an earlier one.
+    Promise {
+        #[serde(with = "record")]
+        record: Vec<u8>,
+    },
 }
 
 impl ControlMsg {
@@ -315,6 +350,72 @@ impl ControlMsg {
             ControlMsg::Refuse { .. } => "Refuse",
             ControlMsg::Keepalive => "Keepalive",
             ControlMsg::Close { .. } => "Close",
+            ControlMsg::Invoice { .. } => "Invoice",
+            ControlMsg::Promise { .. } => "Promise",
+        }
+    }
+}
+
+/// A payment record's bytes, refused over [`MAX_RECORD`] both ways. On the wire it is what
+/// postcard makes of any byte string: a varint length, then the bytes.
+mod record {
+    use std::fmt;
+
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer, ser};
+
+    use super::MAX_RECORD;
+
+    pub(super) fn serialize<S: Serializer>(record: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        if record.len() > MAX_RECORD {
+            return Err(ser::Error::custom(format_args!(
+                "a payment record of {} bytes is over the {MAX_RECORD}-byte limit",
+                record.len()
+            )));
+        }
+        s.serialize_bytes(record)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_bytes(RecordVisitor)
+    }
+
+    struct RecordVisitor;
+
+    impl RecordVisitor {
+        fn check<E: de::Error>(len: usize) -> Result<(), E> {
+            if len > MAX_RECORD {
+                return Err(E::invalid_length(len, &RecordVisitor));
+            }
+            Ok(())
+        }
+    }
+
+    impl<'de> Visitor<'de> for RecordVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a payment record of at most {MAX_RECORD} bytes")
+        }
+
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Self::check(v.len())?;
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Self::check(v.len())?;
+            Ok(v)
+        }
+
+        // Formats that write bytes as a sequence (none that carries sessions today).
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_RECORD));
+            while let Some(b) = seq.next_element::<u8>()? {
+                Self::check(out.len() + 1)?;
+                out.push(b);
+            }
+            Ok(out)
         }
     }
 }
@@ -351,6 +452,10 @@ pub enum SessionRefusal {
     #[error("the provider is not selling bandwidth right now; choose another provider")]
     NotProviding,
     #[error(
+        "the provider needs payment through a hub: top up with `warren wallet topup WRN` and connect again"
+    )]
+    NoEscrow,
+    #[error(
         "the provider refused for a reason this version does not know (code {}); updating Warren may explain it",
         .0.code()
     )]
@@ -365,6 +470,7 @@ impl SessionRefusal {
             SessionRefusal::Policy => 2,
             SessionRefusal::Banned => 3,
             SessionRefusal::NotProviding => 4,
+            SessionRefusal::NoEscrow => 5,
             SessionRefusal::Unknown(c) => c.0,
         }
     }
@@ -376,6 +482,7 @@ impl SessionRefusal {
             2 => SessionRefusal::Policy,
             3 => SessionRefusal::Banned,
             4 => SessionRefusal::NotProviding,
+            5 => SessionRefusal::NoEscrow,
             other => SessionRefusal::Unknown(UnknownCode(other)),
         }
     }
@@ -396,8 +503,8 @@ impl<'de> Deserialize<'de> for SessionRefusal {
 /// Why a session ended.
 ///
 /// Like [`SessionRefusal`], a one-byte code on the wire with an [`Unknown`](Self::Unknown)
-/// fallback, so reasons added later (`Unpaid`, when payments come) still close an older
-/// peer's session cleanly instead of reading as a protocol error.
+/// fallback, so reasons added later still close an older peer's session cleanly instead of
+/// reading as a protocol error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CloseReason {
@@ -413,6 +520,10 @@ pub enum CloseReason {
     ProtocolError,
     /// The provider's byte cap for the session was reached.
     ByteCap,
+    /// The provider ended it: the consumer did not pay (no promise, or too little, in time).
+    Unpaid,
+    /// The consumer ended it: the provider billed more than the consumer measured.
+    Overbilled,
     /// A reason from a newer peer.
     Unknown(UnknownCode),
 }
@@ -426,7 +537,8 @@ impl CloseReason {
             CloseReason::Shutdown => 3,
             CloseReason::ProtocolError => 4,
             CloseReason::ByteCap => 5,
-            // 6 is kept for Unpaid.
+            CloseReason::Unpaid => 6,
+            CloseReason::Overbilled => 7,
             CloseReason::Unknown(c) => c.0,
         }
     }
@@ -439,6 +551,8 @@ impl CloseReason {
             3 => CloseReason::Shutdown,
             4 => CloseReason::ProtocolError,
             5 => CloseReason::ByteCap,
+            6 => CloseReason::Unpaid,
+            7 => CloseReason::Overbilled,
             other => CloseReason::Unknown(UnknownCode(other)),
         }
     }
@@ -454,6 +568,10 @@ impl fmt::Display for CloseReason {
             CloseReason::ProtocolError => f.write_str("the session protocol was broken"),
             CloseReason::ByteCap => {
                 f.write_str("the provider's byte limit for the session was reached")
+            }
+            CloseReason::Unpaid => f.write_str("the consumer did not pay for the traffic"),
+            CloseReason::Overbilled => {
+                f.write_str("the provider billed more than the consumer measured")
             }
             CloseReason::Unknown(c) => write!(
                 f,
@@ -524,7 +642,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::net::IpAddr;
-    use warren_types::{Amount, Host, RefusalKind};
+    use warren_types::{Host, Identity, RefusalKind};
 
     fn session_id() -> impl Strategy<Value = SessionId> {
         any::<[u8; 16]>().prop_map(SessionId)
@@ -545,20 +663,42 @@ mod tests {
         any::<u8>().prop_map(CloseReason::from_code)
     }
 
+    fn pay_terms() -> impl Strategy<Value = PayTerms> {
+        // Any secret makes a valid key: a node id decodes only if it is a curve point.
+        (any::<[u8; 32]>(), any::<[u8; 16]>()).prop_map(|(secret, channel)| PayTerms {
+            hub: Identity::from_secret(secret).node_id(),
+            channel,
+        })
+    }
+
+    fn record() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(any::<u8>(), 0..=MAX_RECORD)
+    }
+
     fn control_msg() -> impl Strategy<Value = ControlMsg> {
         prop_oneof![
-            (session_id(), any::<u64>(), price()).prop_map(|(session, offer_seq, price)| {
-                ControlMsg::Open {
+            (
+                session_id(),
+                any::<u64>(),
+                price(),
+                prop::option::of(pay_terms())
+            )
+                .prop_map(|(session, offer_seq, price, pay)| ControlMsg::Open {
                     session,
                     offer_seq,
                     price,
-                }
+                    pay,
+                }),
+            (session_id(), any::<u64>()).prop_map(|(session, base)| ControlMsg::Accept {
+                session,
+                base: Amount::from_nano(base)
             }),
-            session_id().prop_map(|session| ControlMsg::Accept { session }),
             (session_id(), refusal())
                 .prop_map(|(session, reason)| ControlMsg::Refuse { session, reason }),
             Just(ControlMsg::Keepalive),
             close_reason().prop_map(|reason| ControlMsg::Close { reason }),
+            record().prop_map(|record| ControlMsg::Invoice { record }),
+            record().prop_map(|record| ControlMsg::Promise { record }),
         ]
     }
 
@@ -624,6 +764,26 @@ mod tests {
         #[test]
         fn control_messages_round_trip(msg in control_msg()) {
             prop_assert_eq!(round_trip(&msg, MAX_CONTROL_MSG), msg);
+        }
+
+        #[test]
+        fn decode_never_panics_on_mutated_control_messages(
+            msg in control_msg(),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        ) {
+            let mut frame = encode(&msg, MAX_CONTROL_MSG).expect("encodes");
+            let body = &mut frame[2..];
+            for (at, byte) in flips {
+                let i = at.index(body.len());
+                body[i] ^= byte;
+            }
+            if let Ok(back) = decode::<ControlMsg>(body, MAX_CONTROL_MSG) {
+                // Whatever decodes is in bounds and re-encodes.
+                if let ControlMsg::Invoice { record } | ControlMsg::Promise { record } = &back {
+                    prop_assert!(record.len() <= MAX_RECORD);
+                }
+                prop_assert_eq!(round_trip(&back, MAX_CONTROL_MSG), back);
+            }
         }
 
         #[test]
@@ -736,6 +896,68 @@ mod tests {
     }
 
     #[test]
+    fn oversized_payment_records_are_refused_both_ways() {
+        let at_limit = vec![0xab; MAX_RECORD];
+        for msg in [
+            ControlMsg::Invoice {
+                record: at_limit.clone(),
+            },
+            ControlMsg::Promise {
+                record: at_limit.clone(),
+            },
+        ] {
+            let frame = encode(&msg, MAX_CONTROL_MSG).expect("a record at the limit encodes");
+            assert_eq!(decode::<ControlMsg>(&frame[2..], MAX_CONTROL_MSG), Ok(msg));
+        }
+        let over = vec![0xab; MAX_RECORD + 1];
+        for (tag, msg) in [
+            (
+                5u8,
+                ControlMsg::Invoice {
+                    record: over.clone(),
+                },
+            ),
+            (
+                6,
+                ControlMsg::Promise {
+                    record: over.clone(),
+                },
+            ),
+        ] {
+            let err = encode(&msg, MAX_CONTROL_MSG).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    WireError::Encode {
+                        what: "ControlMsg",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            // Made by hand, as a peer would: the tag, the varint length (1025), the bytes.
+            let mut body = vec![tag];
+            body.extend_from_slice(&[0x81, 0x08]);
+            body.extend_from_slice(&over);
+            assert!(body.len() <= MAX_CONTROL_MSG);
+            let err = decode::<ControlMsg>(&body, MAX_CONTROL_MSG).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    WireError::Malformed {
+                        what: "ControlMsg",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            // A length far over the limit is refused before any bytes are read.
+            let err = decode::<ControlMsg>(&[tag, 0xff, 0xff, 0x03], MAX_CONTROL_MSG);
+            assert!(matches!(err, Err(WireError::Malformed { .. })), "{err:?}");
+        }
+    }
+
+    #[test]
     fn trailing_bytes_are_refused() {
         let mut frame = encode(&ControlMsg::Keepalive, MAX_CONTROL_MSG).unwrap();
         frame.push(0);
@@ -806,6 +1028,7 @@ mod tests {
             (SessionRefusal::Policy, 2),
             (SessionRefusal::Banned, 3),
             (SessionRefusal::NotProviding, 4),
+            (SessionRefusal::NoEscrow, 5),
         ];
         for (r, code) in refusals {
             assert_eq!(postcard::to_stdvec(&r).unwrap(), vec![code]);
@@ -817,19 +1040,63 @@ mod tests {
             (CloseReason::Shutdown, 3),
             (CloseReason::ProtocolError, 4),
             (CloseReason::ByteCap, 5),
+            (CloseReason::Unpaid, 6),
+            (CloseReason::Overbilled, 7),
         ];
         for (r, code) in closes {
             assert_eq!(postcard::to_stdvec(&r).unwrap(), vec![code]);
         }
-        // A Close from a newer peer (say, Unpaid = 6) still decodes as a Close.
-        let msg: ControlMsg = decode(&[4, 6], MAX_CONTROL_MSG).unwrap();
+        // So are the message tags, and the shape of the payment messages.
+        let record = vec![1, 2, 3];
+        let tags = [
+            (
+                ControlMsg::Close {
+                    reason: CloseReason::Unpaid,
+                },
+                vec![4, 6],
+            ),
+            (
+                ControlMsg::Invoice {
+                    record: record.clone(),
+                },
+                vec![5, 3, 1, 2, 3],
+            ),
+            (ControlMsg::Promise { record }, vec![6, 3, 1, 2, 3]),
+            (
+                ControlMsg::Accept {
+                    session: SessionId([9; 16]),
+                    base: Amount::from_nano(300),
+                },
+                [&[1][..], &[9; 16], &[0xac, 0x02]].concat(),
+            ),
+        ];
+        for (msg, body) in tags {
+            assert_eq!(postcard::to_stdvec(&msg).unwrap(), body, "{msg:?}");
+        }
+        let hub = Identity::from_secret([3; 32]).node_id();
+        let open = ControlMsg::Open {
+            session: SessionId([9; 16]),
+            offer_seq: 1,
+            price: Price::default(),
+            pay: Some(PayTerms {
+                hub,
+                channel: [7; 16],
+            }),
+        };
+        let body = postcard::to_stdvec(&open).unwrap();
+        let tail = [&[1][..], &hub.public_key(), &[7; 16]].concat();
+        assert_eq!(body[..1], [0]);
+        assert!(body.ends_with(&tail), "{body:?}");
+        // A Close from a newer peer (with a code this version does not know) still decodes
+        // as a Close.
+        let msg: ControlMsg = decode(&[4, 8], MAX_CONTROL_MSG).unwrap();
         let ControlMsg::Close {
             reason: CloseReason::Unknown(code),
         } = msg
         else {
             panic!("decoded {msg:?}");
         };
-        assert_eq!(code.code(), 6);
+        assert_eq!(code.code(), 8);
         assert!(
             CloseReason::Unknown(code)
                 .to_string()
@@ -875,6 +1142,18 @@ mod tests {
         assert_eq!(
             CloseReason::Consumer.to_string(),
             "the consumer closed the session"
+        );
+        assert_eq!(
+            CloseReason::Unpaid.to_string(),
+            "the consumer did not pay for the traffic"
+        );
+        assert_eq!(
+            CloseReason::Overbilled.to_string(),
+            "the provider billed more than the consumer measured"
+        );
+        assert_eq!(
+            SessionRefusal::NoEscrow.to_string(),
+            "the provider needs payment through a hub: top up with `warren wallet topup WRN` and connect again"
         );
     }
 }

@@ -382,8 +382,15 @@ impl Consumer {
         .map_err(|_| "timed out opening the session stream".to_string())?
         .map_err(|e| e.to_string())?;
         let id = SessionId(random_id());
-        let mut session =
-            Session::consumer(Instant::now(), id, offer.seq, offer.price, self.config);
+        // Unpaid for now: payments are wired in later.
+        let mut session = Session::consumer(
+            Instant::now(),
+            id,
+            offer.seq,
+            offer.price,
+            None,
+            self.config,
+        );
         while let Some(msg) = session.poll_transmit() {
             write_msg(&mut stream, &msg, MAX_CONTROL_MSG)
                 .await
@@ -405,6 +412,8 @@ impl Consumer {
                 SessionEvent::Opened => opened = true,
                 SessionEvent::Refused(reason) => return Err(format!("refused: {reason}")),
                 SessionEvent::Closed { reason, .. } => return Err(format!("closed: {reason}")),
+                // Not before the open (the core refuses them); payments come later anyway.
+                SessionEvent::Invoice(_) | SessionEvent::Promise(_) => {}
             }
         }
         if !opened {
@@ -447,10 +456,14 @@ impl Consumer {
                 FrameReader::new(MAX_CONTROL_MSG),
                 run.close_rx,
                 run.meter,
-                |ev| {
-                    if let SessionEvent::Closed { reason, by_peer } = ev {
+                |ev| match ev {
+                    SessionEvent::Closed { reason, by_peer } => {
                         info!(by_peer, "session closed: {reason}");
                     }
+                    // An unpaid session's provider has nothing to bill: ignored until payments
+                    // are wired in.
+                    SessionEvent::Invoice(_) => debug!("ignoring an invoice: payments are off"),
+                    SessionEvent::Opened | SessionEvent::Refused(_) | SessionEvent::Promise(_) => {}
                 },
             )
             .await;

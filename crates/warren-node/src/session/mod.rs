@@ -55,6 +55,11 @@ pub(crate) async fn read_msg<R: AsyncRead + Unpin, T: DeserializeOwned>(
 /// Runs a session's control stream until the session closes: feeds what arrives into the
 /// core, writes what it wants sent, fires its timers, and reports its events.
 ///
+/// `on_event` sees every event, payment records (`Invoice`, `Promise`) included; the core
+/// keeps at most one of each waiting, so a burst that arrives in one read reaches it as the
+/// newest record only, and the events still waiting when the session ends (a last record,
+/// then `Closed`) are reported before this returns.
+///
 /// Cancel-safe only in the sense that dropping it drops the stream (the peer then sees the
 /// session end).
 pub(crate) async fn drive(

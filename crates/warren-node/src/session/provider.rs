@@ -245,7 +245,9 @@ impl Provider {
         let decision = self
             .decide(&open)
             .and_then(|()| self.admit(*id, served.clone()));
-        let Ok(mut session) = Session::provider(Instant::now(), &open, decision, self.config)
+        // Nothing held from any channel yet: payments are wired in later.
+        let Ok(mut session) =
+            Session::provider(Instant::now(), &open, decision, Amount::ZERO, self.config)
         else {
             if decision.is_ok() {
                 self.forget(*id);
@@ -276,10 +278,13 @@ impl Provider {
             FrameReader::new(MAX_CONTROL_MSG),
             close_rx,
             meter,
-            |ev| {
-                if let SessionEvent::Closed { reason, by_peer } = ev {
+            |ev| match ev {
+                SessionEvent::Closed { reason, by_peer } => {
                     info!(session = %id, by_peer, "session closed: {reason}");
                 }
+                // Ignored until payments are wired in: this provider does not bill yet.
+                SessionEvent::Promise(_) => debug!(session = %id, "ignoring a promise"),
+                SessionEvent::Opened | SessionEvent::Refused(_) | SessionEvent::Invoice(_) => {}
             },
         )
         .await;
@@ -437,6 +442,7 @@ mod tests {
             session: SessionId([1; 16]),
             offer_seq: 1,
             price,
+            pay: None,
         }
     }
 

@@ -8,6 +8,7 @@ use warren_types::Amount;
 
 use super::*;
 use crate::wire::{self, FrameReader, MAX_CONTROL_MSG};
+use warren_types::Identity;
 
 const ID: SessionId = SessionId([0x42; 16]);
 const OTHER: SessionId = SessionId([0x17; 16]);
@@ -83,7 +84,7 @@ struct Log {
 
 impl Log {
     fn events(&self) -> Vec<SessionEvent> {
-        self.events.iter().map(|(_, e)| *e).collect()
+        self.events.iter().map(|(_, e)| e.clone()).collect()
     }
 
     fn keepalives(&self) -> Vec<Instant> {
@@ -108,6 +109,8 @@ struct Pair {
     now: Instant,
     config: SessionConfig,
     decision: Result<(), SessionRefusal>,
+    /// What the provider says it already holds, in its Accept.
+    base: Amount,
     consumer: Session,
     provider: Option<Session>,
     to_provider: Pipe,
@@ -118,6 +121,16 @@ struct Pair {
 
 impl Pair {
     fn new(decision: Result<(), SessionRefusal>, delay: Duration) -> Self {
+        Pair::paying(decision, delay, None, Amount::ZERO)
+    }
+
+    /// A pair whose consumer pays through `pay`, and whose provider answers with `base`.
+    fn paying(
+        decision: Result<(), SessionRefusal>,
+        delay: Duration,
+        pay: Option<PayTerms>,
+        base: Amount,
+    ) -> Self {
         let now = Instant::now();
         let config = SessionConfig::default();
         Pair {
@@ -125,7 +138,8 @@ impl Pair {
             now,
             config,
             decision,
-            consumer: Session::consumer(now, ID, 9, price(), config),
+            base,
+            consumer: Session::consumer(now, ID, 9, price(), pay, config),
             provider: None,
             to_provider: Pipe::new(delay),
             to_consumer: Pipe::new(delay),
@@ -182,7 +196,7 @@ impl Pair {
                 progress = true;
                 match &mut self.provider {
                     None => {
-                        let p = Session::provider(now, &m, self.decision, self.config)
+                        let p = Session::provider(now, &m, self.decision, self.base, self.config)
                             .expect("the first message is an Open");
                         self.provider = Some(p);
                     }
@@ -269,7 +283,7 @@ fn an_accepted_session_opens_on_both_sides_and_counts_time_from_the_open() {
 #[test]
 fn a_session_that_never_opens_lasts_no_time() {
     let now = Instant::now();
-    let s = Session::consumer(now, ID, 1, price(), SessionConfig::default());
+    let s = Session::consumer(now, ID, 1, price(), None, SessionConfig::default());
     assert_eq!(s.duration(now + secs(4)), Duration::ZERO);
     assert!(!s.is_closed());
 }
@@ -513,7 +527,7 @@ fn closing_from_the_provider_reaches_the_consumer() {
 #[test]
 fn closing_while_opening_sends_only_the_close() {
     let now = Instant::now();
-    let mut s = Session::consumer(now, ID, 1, price(), SessionConfig::default());
+    let mut s = Session::consumer(now, ID, 1, price(), None, SessionConfig::default());
     s.close(now, CloseReason::Consumer);
     assert_eq!(
         s.poll_transmit(),
@@ -530,8 +544,13 @@ fn a_misbehaving_provider_is_closed_with_a_protocol_error() {
     let mut pair = Pair::open(ms(5));
     // A buggy provider accepts a second time.
     let now = pair.now;
-    pair.to_consumer
-        .send(now, &ControlMsg::Accept { session: ID });
+    pair.to_consumer.send(
+        now,
+        &ControlMsg::Accept {
+            session: ID,
+            base: Amount::ZERO,
+        },
+    );
     pair.run_for(secs(1));
     assert_eq!(
         pair.c.errors,
@@ -553,7 +572,7 @@ fn a_misbehaving_provider_is_closed_with_a_protocol_error() {
 
 /// A consumer that has sent its Open (polled), at `now`.
 fn opening(now: Instant) -> Session {
-    let mut s = Session::consumer(now, ID, 1, price(), SessionConfig::default());
+    let mut s = Session::consumer(now, ID, 1, price(), None, SessionConfig::default());
     assert!(matches!(s.poll_transmit(), Some(ControlMsg::Open { .. })));
     s
 }
@@ -564,9 +583,17 @@ fn accepted(now: Instant) -> Session {
         session: ID,
         offer_seq: 1,
         price: price(),
+        pay: None,
     };
-    let mut s = Session::provider(now, &open, Ok(()), SessionConfig::default()).unwrap();
-    assert_eq!(s.poll_transmit(), Some(ControlMsg::Accept { session: ID }));
+    let mut s =
+        Session::provider(now, &open, Ok(()), Amount::ZERO, SessionConfig::default()).unwrap();
+    assert_eq!(
+        s.poll_transmit(),
+        Some(ControlMsg::Accept {
+            session: ID,
+            base: Amount::ZERO,
+        })
+    );
     assert_eq!(s.poll_event(), Some(SessionEvent::Opened));
     s
 }
@@ -600,7 +627,10 @@ fn assert_protocol_close(s: &mut Session) {
 fn an_answer_for_another_session_is_a_protocol_error() {
     let now = Instant::now();
     for answer in [
-        ControlMsg::Accept { session: OTHER },
+        ControlMsg::Accept {
+            session: OTHER,
+            base: Amount::ZERO,
+        },
         ControlMsg::Refuse {
             session: OTHER,
             reason: SessionRefusal::Policy,
@@ -626,10 +656,18 @@ fn messages_out_of_place_are_protocol_errors() {
         session: ID,
         offer_seq: 1,
         price: price(),
+        pay: None,
     };
     let cases: Vec<(Session, ControlMsg, &str)> = vec![
         (accepted(now), open.clone(), "open"),
-        (accepted(now), ControlMsg::Accept { session: ID }, "open"),
+        (
+            accepted(now),
+            ControlMsg::Accept {
+                session: ID,
+                base: Amount::ZERO,
+            },
+            "open",
+        ),
         (
             accepted(now),
             ControlMsg::Refuse {
@@ -658,10 +696,22 @@ fn messages_out_of_place_are_protocol_errors() {
     }
 
     let mut s = opening(now);
-    s.handle_input(now, ControlMsg::Accept { session: ID })
-        .unwrap();
+    s.handle_input(
+        now,
+        ControlMsg::Accept {
+            session: ID,
+            base: Amount::ZERO,
+        },
+    )
+    .unwrap();
     assert_eq!(s.poll_event(), Some(SessionEvent::Opened));
-    let err = s.handle_input(now, ControlMsg::Accept { session: ID });
+    let err = s.handle_input(
+        now,
+        ControlMsg::Accept {
+            session: ID,
+            base: Amount::ZERO,
+        },
+    );
     assert!(matches!(err, Err(SessionError::Unexpected { .. })));
     assert_protocol_close(&mut s);
 }
@@ -672,6 +722,7 @@ fn a_provider_session_needs_an_open() {
         Instant::now(),
         &ControlMsg::Keepalive,
         Ok(()),
+        Amount::ZERO,
         SessionConfig::default(),
     )
     .unwrap_err();
@@ -682,20 +733,27 @@ fn a_provider_session_needs_an_open() {
 fn a_message_flood_is_a_protocol_error() {
     let mut now = Instant::now();
     let mut s = accepted(now);
-    // The Open counted too: 49 more fill the first second.
-    for _ in 0..49 {
+    let limit = SessionConfig::default().max_msgs_per_sec;
+    assert_eq!(limit, 200);
+    let step = 999 / u64::from(limit);
+    // The Open counted too: one fewer fills the first second.
+    for _ in 1..limit {
         s.handle_input(now, ControlMsg::Keepalive).unwrap();
     }
-    // A steady 50 a second is allowed for as long as it goes on.
+    // A steady `limit` a second is allowed for as long as it goes on, whatever it carries.
     for _ in 0..10 {
         now += secs(1);
-        for i in 0..50 {
-            s.handle_input(now + ms(i * 19), ControlMsg::Keepalive)
-                .unwrap();
+        for i in 0..u64::from(limit) {
+            let msg = if i % 2 == 0 {
+                ControlMsg::Keepalive
+            } else {
+                ControlMsg::Promise { record: vec![1; 8] }
+            };
+            s.handle_input(now + ms(i * step), msg).unwrap();
         }
     }
     now += secs(1);
-    for _ in 0..50 {
+    for _ in 0..limit {
         s.handle_input(now, ControlMsg::Keepalive).unwrap();
     }
     assert_eq!(
@@ -703,9 +761,11 @@ fn a_message_flood_is_a_protocol_error() {
         Err(SessionError::Flood {
             session: ID,
             peer: Role::Consumer,
-            limit: 50
+            limit
         })
     );
+    // Only the newest promise waited for the driver, however many came.
+    assert_eq!(s.poll_event(), Some(SessionEvent::Promise(vec![1; 8])));
     assert_protocol_close(&mut s);
 }
 
@@ -729,7 +789,10 @@ fn after_the_end_input_is_ignored_and_nothing_more_is_sent() {
     );
     for msg in [
         ControlMsg::Keepalive,
-        ControlMsg::Accept { session: OTHER },
+        ControlMsg::Accept {
+            session: OTHER,
+            base: Amount::ZERO,
+        },
         ControlMsg::Close {
             reason: CloseReason::Timeout,
         },
@@ -787,15 +850,362 @@ fn huge_timeouts_never_fire() {
         keepalive_interval: Duration::MAX,
         idle_timeout: Duration::MAX,
         open_timeout: Duration::MAX,
-        max_msgs_per_sec: 50,
+        max_msgs_per_sec: 200,
     };
-    let mut s = Session::consumer(now, ID, 1, price(), config);
+    let mut s = Session::consumer(now, ID, 1, price(), None, config);
     s.handle_timeout(now + secs(86_400));
     assert!(!s.is_closed());
-    s.handle_input(now, ControlMsg::Accept { session: ID })
-        .unwrap();
+    s.handle_input(
+        now,
+        ControlMsg::Accept {
+            session: ID,
+            base: Amount::ZERO,
+        },
+    )
+    .unwrap();
     s.handle_timeout(now + secs(86_400));
     assert!(matches!(s.state(), State::Open { .. }));
+}
+
+fn terms() -> PayTerms {
+    PayTerms {
+        hub: Identity::from_secret([5; 32]).node_id(),
+        channel: [0xc4; 16],
+    }
+}
+
+#[test]
+fn pay_terms_travel_in_the_open_and_the_base_in_the_accept() {
+    let delay = ms(10);
+    let base = Amount::from_nano(1_234_567);
+    let mut pair = Pair::paying(Ok(()), delay, Some(terms()), base);
+    assert_eq!(pair.consumer.pay_terms(), Some(&terms()));
+    assert_eq!(pair.consumer.base(), Amount::ZERO, "no Accept yet");
+    pair.run_for(secs(1));
+    assert_eq!(pair.provider().pay_terms(), Some(&terms()));
+    assert_eq!(pair.provider().base(), base);
+    assert_eq!(pair.consumer.base(), base);
+    assert_eq!(
+        pair.c.sent[0].1,
+        ControlMsg::Open {
+            session: ID,
+            offer_seq: 9,
+            price: price(),
+            pay: Some(terms()),
+        }
+    );
+    assert_eq!(pair.p.sent[0].1, ControlMsg::Accept { session: ID, base });
+
+    // And an unpaid session says so on both sides.
+    let pair = Pair::open(delay);
+    assert_eq!(pair.provider().pay_terms(), None);
+    assert_eq!(pair.consumer.pay_terms(), None);
+    assert_eq!(pair.consumer.base(), Amount::ZERO);
+}
+
+#[test]
+fn invoices_and_promises_pass_through_an_open_session() {
+    let delay = ms(20);
+    let mut pair = Pair::paying(Ok(()), delay, Some(terms()), Amount::ZERO);
+    pair.run_for(ms(100));
+    let now = pair.now;
+    pair.provider_mut()
+        .send_invoice(b"invoice 1".to_vec())
+        .unwrap();
+    pair.consumer.send_promise(b"promise 1".to_vec()).unwrap();
+    pair.run_for(delay);
+    assert_eq!(
+        pair.c.events.last(),
+        Some(&(now + delay, SessionEvent::Invoice(b"invoice 1".to_vec())))
+    );
+    assert_eq!(
+        pair.p.events.last(),
+        Some(&(now + delay, SessionEvent::Promise(b"promise 1".to_vec())))
+    );
+    // A few rounds, the way payments go: each side answers what it got.
+    for i in 2..5u8 {
+        pair.provider_mut().send_invoice(vec![i; 300]).unwrap();
+        pair.run_for(delay);
+        assert_eq!(
+            pair.c.events().last(),
+            Some(&SessionEvent::Invoice(vec![i; 300]))
+        );
+        pair.consumer.send_promise(vec![i; 200]).unwrap();
+        pair.run_for(delay);
+        assert_eq!(
+            pair.p.events().last(),
+            Some(&SessionEvent::Promise(vec![i; 200]))
+        );
+    }
+    // A record at the limit goes through too.
+    pair.provider_mut()
+        .send_invoice(vec![7; MAX_RECORD])
+        .unwrap();
+    pair.run_for(secs(10));
+    assert_eq!(
+        pair.c.events().last(),
+        Some(&SessionEvent::Invoice(vec![7; MAX_RECORD]))
+    );
+    assert!(matches!(pair.consumer.state(), State::Open { .. }));
+    assert!(matches!(pair.provider().state(), State::Open { .. }));
+    assert!(pair.c.errors.is_empty() && pair.p.errors.is_empty());
+}
+
+#[test]
+fn payment_records_out_of_place_are_protocol_errors() {
+    let now = Instant::now();
+    let invoice = ControlMsg::Invoice {
+        record: vec![1; 10],
+    };
+    let promise = ControlMsg::Promise {
+        record: vec![2; 10],
+    };
+    let mut open_consumer = opening(now);
+    open_consumer
+        .handle_input(
+            now,
+            ControlMsg::Accept {
+                session: ID,
+                base: Amount::ZERO,
+            },
+        )
+        .unwrap();
+    assert_eq!(open_consumer.poll_event(), Some(SessionEvent::Opened));
+    let cases: Vec<(Session, ControlMsg, &str)> = vec![
+        // Before the open.
+        (opening(now), invoice.clone(), "opening"),
+        (opening(now), promise.clone(), "opening"),
+        // The wrong way.
+        (accepted(now), invoice, "open"),
+        (open_consumer, promise, "open"),
+    ];
+    for (mut s, msg, state) in cases {
+        let name = msg.name();
+        let err = s.handle_input(now, msg).expect_err(name);
+        assert_eq!(
+            err,
+            SessionError::Unexpected {
+                session: ID,
+                peer: s.role().peer(),
+                msg: name,
+                state
+            }
+        );
+        assert_protocol_close(&mut s);
+    }
+}
+
+#[test]
+fn an_oversized_record_from_the_peer_is_a_protocol_error() {
+    let now = Instant::now();
+    let mut s = accepted(now);
+    let err = s
+        .handle_input(
+            now,
+            ControlMsg::Promise {
+                record: vec![0; MAX_RECORD + 1],
+            },
+        )
+        .unwrap_err();
+    assert_eq!(
+        err,
+        SessionError::RecordTooLarge {
+            session: ID,
+            from: Role::Consumer,
+            msg: "Promise",
+            size: MAX_RECORD + 1,
+            max: MAX_RECORD
+        }
+    );
+    assert!(err.to_string().contains("consumer's Promise"), "{err}");
+    assert_protocol_close(&mut s);
+
+    let mut s = opening(now);
+    s.handle_input(
+        now,
+        ControlMsg::Accept {
+            session: ID,
+            base: Amount::ZERO,
+        },
+    )
+    .unwrap();
+    assert_eq!(s.poll_event(), Some(SessionEvent::Opened));
+    let err = s
+        .handle_input(
+            now,
+            ControlMsg::Invoice {
+                record: vec![0; MAX_RECORD + 1],
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        SessionError::RecordTooLarge {
+            from: Role::Provider,
+            ..
+        }
+    ));
+    assert_protocol_close(&mut s);
+}
+
+#[test]
+fn sending_a_record_out_of_place_is_refused_and_changes_nothing() {
+    let now = Instant::now();
+    // Oversized: refused, the session stays open and nothing is queued.
+    let mut p = accepted(now);
+    assert_eq!(
+        p.send_invoice(vec![0; MAX_RECORD + 1]),
+        Err(SessionError::RecordTooLarge {
+            session: ID,
+            from: Role::Provider,
+            msg: "Invoice",
+            size: MAX_RECORD + 1,
+            max: MAX_RECORD
+        })
+    );
+    assert!(matches!(p.state(), State::Open { .. }));
+    assert_eq!(p.poll_transmit(), None);
+    assert_eq!(p.poll_event(), None);
+    // The wrong role.
+    assert_eq!(
+        p.send_promise(vec![1]),
+        Err(SessionError::CannotSend {
+            session: ID,
+            role: Role::Provider,
+            msg: "Promise",
+            state: "open"
+        })
+    );
+    // Before the open and after the end.
+    let mut c = opening(now);
+    let err = c.send_promise(vec![1]).unwrap_err();
+    assert_eq!(
+        err,
+        SessionError::CannotSend {
+            session: ID,
+            role: Role::Consumer,
+            msg: "Promise",
+            state: "opening"
+        }
+    );
+    assert!(
+        err.to_string()
+            .contains("cannot send Promise while opening")
+    );
+    assert!(matches!(
+        c.send_invoice(vec![1]),
+        Err(SessionError::CannotSend { .. })
+    ));
+    assert_eq!(c.poll_transmit(), None);
+    assert!(!c.is_closed());
+    p.close(now, CloseReason::Provider);
+    assert!(matches!(
+        p.send_invoice(vec![1]),
+        Err(SessionError::CannotSend {
+            state: "closed",
+            ..
+        })
+    ));
+    assert_eq!(
+        p.poll_transmit(),
+        Some(ControlMsg::Close {
+            reason: CloseReason::Provider
+        })
+    );
+    assert_eq!(p.poll_transmit(), None);
+}
+
+#[test]
+fn a_burst_of_records_leaves_only_the_newest_queued() {
+    let now = Instant::now();
+    let mut p = accepted(now);
+    // A keepalive is waiting too: the newest invoice takes the first one's place.
+    p.handle_timeout(now + secs(1));
+    p.send_invoice(vec![0]).unwrap();
+    p.handle_timeout(now + secs(2));
+    for i in 1..10u8 {
+        p.send_invoice(vec![i]).unwrap();
+        assert!(p.transmit.len() <= 2);
+    }
+    assert_eq!(p.poll_transmit(), Some(ControlMsg::Keepalive));
+    assert_eq!(
+        p.poll_transmit(),
+        Some(ControlMsg::Invoice { record: vec![9] })
+    );
+    assert_eq!(p.poll_transmit(), None);
+    // Once sent, the next one queues afresh.
+    p.send_invoice(vec![10]).unwrap();
+    assert_eq!(
+        p.poll_transmit(),
+        Some(ControlMsg::Invoice { record: vec![10] })
+    );
+
+    let mut c = opening(now);
+    c.handle_input(
+        now,
+        ControlMsg::Accept {
+            session: ID,
+            base: Amount::ZERO,
+        },
+    )
+    .unwrap();
+    for i in 0..10u8 {
+        c.send_promise(vec![i]).unwrap();
+    }
+    assert_eq!(c.transmit.len(), 1);
+    assert_eq!(
+        c.poll_transmit(),
+        Some(ControlMsg::Promise { record: vec![9] })
+    );
+    // Received ones likewise: a driver slow to poll finds only the newest invoice.
+    for i in 0..10u8 {
+        c.handle_input(now, ControlMsg::Invoice { record: vec![i] })
+            .unwrap();
+    }
+    assert_eq!(c.poll_event(), Some(SessionEvent::Opened));
+    assert_eq!(c.poll_event(), Some(SessionEvent::Invoice(vec![9])));
+    assert_eq!(c.poll_event(), None);
+}
+
+#[test]
+fn a_record_waiting_when_this_side_closes_goes_out_before_the_close() {
+    let now = Instant::now();
+    let mut p = accepted(now);
+    p.handle_timeout(now + secs(1));
+    p.send_invoice(vec![4; 40]).unwrap();
+    p.close(now + secs(1), CloseReason::Unpaid);
+    assert_eq!(
+        p.poll_transmit(),
+        Some(ControlMsg::Invoice {
+            record: vec![4; 40]
+        })
+    );
+    assert_eq!(
+        p.poll_transmit(),
+        Some(ControlMsg::Close {
+            reason: CloseReason::Unpaid
+        })
+    );
+    assert_eq!(p.poll_transmit(), None);
+
+    // But when the peer closed, there is no one to send it to.
+    let mut p = accepted(now);
+    p.send_invoice(vec![4; 40]).unwrap();
+    p.handle_input(
+        now,
+        ControlMsg::Close {
+            reason: CloseReason::Overbilled,
+        },
+    )
+    .unwrap();
+    assert_eq!(p.poll_transmit(), None);
+    assert_eq!(
+        p.poll_event(),
+        Some(SessionEvent::Closed {
+            reason: CloseReason::Overbilled,
+            by_peer: true
+        })
+    );
 }
 
 #[derive(Debug, Clone)]
@@ -803,6 +1213,8 @@ enum Step {
     Input(ControlMsg),
     Timeout,
     Close(CloseReason),
+    /// This side sends a payment record (of its own kind or not), of this many bytes.
+    Record(usize),
     Poll,
 }
 
@@ -812,10 +1224,13 @@ fn any_msg() -> impl Strategy<Value = ControlMsg> {
         (id.clone(), any::<u64>()).prop_map(|(session, offer_seq)| ControlMsg::Open {
             session,
             offer_seq,
-            price: price()
+            price: price(),
+            pay: None,
         }),
-        id.clone()
-            .prop_map(|session| ControlMsg::Accept { session }),
+        (id.clone(), any::<u64>()).prop_map(|(session, base)| ControlMsg::Accept {
+            session,
+            base: Amount::from_nano(base)
+        }),
         id.prop_map(|session| ControlMsg::Refuse {
             session,
             reason: SessionRefusal::AtCapacity
@@ -824,6 +1239,9 @@ fn any_msg() -> impl Strategy<Value = ControlMsg> {
         Just(ControlMsg::Close {
             reason: CloseReason::Provider
         }),
+        // Just over the limit sometimes.
+        (0..=MAX_RECORD + 1).prop_map(|n| ControlMsg::Invoice { record: vec![1; n] }),
+        (0..=MAX_RECORD + 1).prop_map(|n| ControlMsg::Promise { record: vec![2; n] }),
     ]
 }
 
@@ -832,13 +1250,16 @@ fn any_step() -> impl Strategy<Value = Step> {
         4 => any_msg().prop_map(Step::Input),
         3 => Just(Step::Timeout),
         1 => Just(Step::Close(CloseReason::Consumer)),
+        2 => (0..=MAX_RECORD + 1).prop_map(Step::Record),
         3 => Just(Step::Poll),
     ]
 }
 
 proptest! {
-    /// Whatever the peer sends and whenever: no panic, at most two events (Opened first),
-    /// a deadline exactly while not ended, and after the end at most the one final message.
+    /// Whatever the peer sends and whenever: no panic, at most two lifecycle events (Opened
+    /// first), payment records only in their direction, within bounds and while open, queues
+    /// that never grow, a deadline exactly while not ended, and after the end at most the
+    /// one final message.
     #[test]
     fn any_input_keeps_the_invariants(
         consumer in any::<bool>(),
@@ -848,29 +1269,59 @@ proptest! {
         let mut now = start;
         let config = SessionConfig::default();
         let mut s = if consumer {
-            Session::consumer(now, ID, 1, price(), config)
+            Session::consumer(now, ID, 1, price(), None, config)
         } else {
-            let open = ControlMsg::Open { session: ID, offer_seq: 1, price: price() };
-            Session::provider(now, &open, Ok(()), config).unwrap()
+            let open = ControlMsg::Open { session: ID, offer_seq: 1, price: price(), pay: None };
+            Session::provider(now, &open, Ok(()), Amount::ZERO, config).unwrap()
         };
         let mut events = Vec::new();
         let mut sent_after_end = Vec::new();
         let mut ended = false;
         for (advance, step) in steps {
             now += ms(advance);
+            let was_open = matches!(s.state(), State::Open { .. });
             match step {
                 Step::Input(m) => { let _ = s.handle_input(now, m); }
                 Step::Timeout => s.handle_timeout(now),
                 Step::Close(r) => s.close(now, r),
+                Step::Record(n) => {
+                    let record = vec![3; n];
+                    let sent = if consumer {
+                        s.send_promise(record.clone())
+                    } else {
+                        s.send_invoice(record.clone())
+                    };
+                    prop_assert_eq!(sent.is_ok(), was_open && n <= MAX_RECORD);
+                    // The other kind is never this side's to send.
+                    let wrong = if consumer { s.send_invoice(record) } else { s.send_promise(record) };
+                    let is_cannot_send = matches!(wrong, Err(SessionError::CannotSend { .. }));
+                    prop_assert!(is_cannot_send);
+                }
                 Step::Poll => {}
             }
+            prop_assert!(s.transmit.len() <= 3);
+            prop_assert!(s.events.len() <= 3);
             while let Some(m) = s.poll_transmit() {
+                let theirs = if consumer {
+                    matches!(m, ControlMsg::Invoice { .. })
+                } else {
+                    matches!(m, ControlMsg::Promise { .. })
+                };
+                prop_assert!(!theirs, "sent {:?}", m);
                 if ended {
                     sent_after_end.push(m);
                 }
             }
             while let Some(e) = s.poll_event() {
-                events.push(e);
+                match &e {
+                    SessionEvent::Invoice(r) => {
+                        prop_assert!(consumer && was_open && r.len() <= MAX_RECORD);
+                    }
+                    SessionEvent::Promise(r) => {
+                        prop_assert!(!consumer && was_open && r.len() <= MAX_RECORD);
+                    }
+                    _ => events.push(e),
+                }
             }
             prop_assert_eq!(s.poll_timeout().is_none(), s.is_closed());
             prop_assert!(s.duration(now) <= now - start);
@@ -878,7 +1329,7 @@ proptest! {
         }
         prop_assert!(events.len() <= 2);
         if events.len() == 2 {
-            prop_assert_eq!(events[0], SessionEvent::Opened);
+            prop_assert_eq!(&events[0], &SessionEvent::Opened);
         }
         prop_assert!(sent_after_end.is_empty(), "sent {:?} after the end", sent_after_end);
     }

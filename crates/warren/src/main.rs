@@ -7,11 +7,6 @@ mod commands;
 
 use clap::Parser;
 
-/// mimalloc instead of the system allocator: the data path allocates a buffer per yamux
-/// frame, and glibc's trimming and zeroing of those cost about a tenth of a proxy's CPU
-/// (bench/README.md has the measurements).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]

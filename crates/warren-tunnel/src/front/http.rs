@@ -160,26 +160,35 @@ impl Conn {
         }
     }
 
+    /// Opens a TCP flow to `target`; a refusal is answered to the client with its status.
+    async fn open_flow(
+        &self,
+        stream: TcpStream,
+        target: Target,
+    ) -> Result<(TcpStream, crate::BoxStream), HttpError> {
+        match self.opener.open(target, FlowProto::Tcp).await {
+            Ok(flow) => Ok((stream, flow)),
+            Err(refusal) => {
+                answer(stream, refusal.kind.http_status(), &refusal_body(&refusal)).await;
+                Err(HttpError::Refused {
+                    kind: refusal.kind,
+                    message: refusal.message,
+                })
+            }
+        }
+    }
+
     /// A plain-HTTP request: like [`Conn::open_and_splice`], but the response head is rewritten
     /// to say `Connection: close`. Otherwise an origin that ignores our close and answers
     /// keep-alive would receive the client's next request, meant for another site, on this
     /// connection.
     async fn open_and_splice_request(
         &self,
-        mut stream: TcpStream,
+        stream: TcpStream,
         target: Target,
         request: &[u8],
     ) -> Result<(), HttpError> {
-        let mut flow = match self.opener.open(target, FlowProto::Tcp).await {
-            Ok(flow) => flow,
-            Err(refusal) => {
-                answer(stream, refusal.kind.http_status(), &refusal_body(&refusal)).await;
-                return Err(HttpError::Refused {
-                    kind: refusal.kind,
-                    message: refusal.message,
-                });
-            }
-        };
+        let (mut stream, mut flow) = self.open_flow(stream, target).await?;
         flow.write_all(request)
             .await
             .map_err(io_err("sending the request"))?;
@@ -230,21 +239,12 @@ impl Conn {
     /// flow, then splices. On refusal answers with the refusal's status.
     async fn open_and_splice(
         &self,
-        mut stream: TcpStream,
+        stream: TcpStream,
         target: Target,
         reply: &[u8],
         first: &[u8],
     ) -> Result<(), HttpError> {
-        let mut flow = match self.opener.open(target, FlowProto::Tcp).await {
-            Ok(flow) => flow,
-            Err(refusal) => {
-                answer(stream, refusal.kind.http_status(), &refusal_body(&refusal)).await;
-                return Err(HttpError::Refused {
-                    kind: refusal.kind,
-                    message: refusal.message,
-                });
-            }
-        };
+        let (mut stream, mut flow) = self.open_flow(stream, target).await?;
         let meter = Arc::new(Meter::default());
         if !reply.is_empty() {
             stream
@@ -284,31 +284,13 @@ enum HeadError {
 /// of `buf` is filled (the rest of the filled part came after the head). Never reads more
 /// than `buf` holds, so a long head ends as [`HeadError::TooLarge`].
 async fn read_head(stream: &mut TcpStream, buf: &mut [u8]) -> Result<(usize, usize), HeadError> {
-    let mut filled = 0;
-    loop {
-        if filled == buf.len() {
-            return Err(HeadError::TooLarge);
-        }
-        let n = stream
-            .read(&mut buf[filled..])
-            .await
-            .map_err(HeadError::Io)?;
-        if n == 0 {
-            return Err(if filled == 0 {
-                HeadError::Closed
-            } else {
-                HeadError::Malformed("the request head was cut short")
-            });
-        }
-        filled += n;
+    let parse = |bytes: &[u8]| {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        match httparse::Request::new(&mut headers).parse(&buf[..filled]) {
-            Ok(httparse::Status::Complete(len)) => return Ok((len, filled)),
-            Ok(httparse::Status::Partial) => {}
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-            Err(e) => return Err(HeadError::Malformed(parse_error(e))),
-        }
-    }
+        let status = httparse::Request::new(&mut headers).parse(bytes)?;
+        Ok(complete(status).map(|len| (len, ())))
+    };
+    let (len, filled, ()) = read_until_head(stream, buf, "request", parse).await?;
+    Ok((len, filled))
 }
 
 /// Reads a response head into `buf`: (head length, bytes read, status code).
@@ -316,6 +298,30 @@ async fn read_response_head<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut [u8],
 ) -> Result<(usize, usize, u16), HeadError> {
+    let parse = |bytes: &[u8]| {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let mut response = httparse::Response::new(&mut headers);
+        let status = response.parse(bytes)?;
+        Ok(complete(status).map(|len| (len, response.code.unwrap_or(0))))
+    };
+    read_until_head(stream, buf, "response", parse).await
+}
+
+fn complete(status: httparse::Status<usize>) -> Option<usize> {
+    match status {
+        httparse::Status::Complete(len) => Some(len),
+        httparse::Status::Partial => None,
+    }
+}
+
+/// The loop both heads share: read into `buf` until `parse` finds a complete head (its
+/// length and what the parser read from it).
+async fn read_until_head<S: AsyncRead + Unpin, T>(
+    stream: &mut S,
+    buf: &mut [u8],
+    what: &'static str,
+    parse: impl Fn(&[u8]) -> Result<Option<(usize, T)>, httparse::Error>,
+) -> Result<(usize, usize, T), HeadError> {
     let mut filled = 0;
     loop {
         if filled == buf.len() {
@@ -326,20 +332,16 @@ async fn read_response_head<S: AsyncRead + Unpin>(
             .await
             .map_err(HeadError::Io)?;
         if n == 0 {
-            return Err(if filled == 0 {
-                HeadError::Closed
-            } else {
-                HeadError::Malformed("the response head was cut short")
+            return Err(match (filled, what) {
+                (0, _) => HeadError::Closed,
+                (_, "request") => HeadError::Malformed("the request head was cut short"),
+                _ => HeadError::Malformed("the response head was cut short"),
             });
         }
         filled += n;
-        let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-        let mut response = httparse::Response::new(&mut headers);
-        match response.parse(&buf[..filled]) {
-            Ok(httparse::Status::Complete(len)) => {
-                return Ok((len, filled, response.code.unwrap_or(0)));
-            }
-            Ok(httparse::Status::Partial) => {}
+        match parse(&buf[..filled]) {
+            Ok(Some((len, found))) => return Ok((len, filled, found)),
+            Ok(None) => {}
             Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
             Err(e) => return Err(HeadError::Malformed(parse_error(e))),
         }

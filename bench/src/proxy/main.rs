@@ -16,6 +16,7 @@ mod http;
 #[allow(dead_code)] // shared with bench-offers; not every helper is used here
 #[path = "../proc_stat.rs"]
 mod proc_stat;
+#[path = "../procs.rs"]
 mod procs;
 
 use std::net::{Ipv4Addr, SocketAddrV4};

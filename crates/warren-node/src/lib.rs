@@ -519,6 +519,9 @@ impl NodeHandle {
 
     /// Stops every task, saves the peer cache and waits for the tasks to end.
     pub async fn shutdown(mut self) {
+        // Close the consumer's session politely first: its provider hears a disconnect, and
+        // no failover starts while the network goes down.
+        self.shared.consumer.disconnect().await;
         self.stop_announcing().await;
         let known = self.shared.net.state().known_peers;
         self.cancel.cancel();

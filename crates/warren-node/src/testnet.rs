@@ -143,12 +143,14 @@ impl Testnet {
         })
     }
 
+    /// Stops the consumer first, so its session ends as a disconnect rather than as a
+    /// provider vanishing (which would start a failover and warn about it).
     pub async fn shutdown(self) {
+        self.consumer.shutdown().await;
         for p in self.providers {
             p.shutdown().await;
         }
         self.hub.shutdown().await;
-        self.consumer.shutdown().await;
     }
 }
 

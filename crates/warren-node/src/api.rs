@@ -81,6 +81,10 @@ pub struct Status {
     pub session: Option<SessionView>,
     /// Sessions this node serves as a provider.
     pub serving: usize,
+    /// Where this node's SOCKS5 proxy listens; null when it runs none.
+    pub socks: Option<String>,
+    /// Where this node's HTTP proxy listens; null when it runs none.
+    pub http_proxy: Option<String>,
     /// The payment hub this node runs; null unless started with --hub.
     #[serde(default)]
     pub hub: Option<HubView>,
@@ -196,6 +200,8 @@ pub(crate) fn status(shared: &Shared) -> Status {
         provider,
         session: shared.consumer.view(),
         serving: shared.provider.sessions().len(),
+        socks: shared.socks_addr.map(|a| a.to_string()),
+        http_proxy: shared.http_proxy_addr.map(|a| a.to_string()),
         hub: shared.hub.as_ref().map(|h| {
             let info = h.info();
             HubView {

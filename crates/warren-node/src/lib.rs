@@ -168,6 +168,9 @@ pub(crate) struct Shared {
     /// The hub this node runs, if it runs one.
     pub hub: Option<Arc<dyn hub::HubService>>,
     pub wallet: Arc<Wallet>,
+    /// Where the SOCKS5 and HTTP proxy fronts listen, when they run.
+    pub socks_addr: Option<SocketAddr>,
+    pub http_proxy_addr: Option<SocketAddr>,
 }
 
 /// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
@@ -177,8 +180,6 @@ pub struct NodeHandle {
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     api_addr: Option<SocketAddr>,
-    socks_addr: Option<SocketAddr>,
-    http_proxy_addr: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     identity: warren_types::Identity,
     provider: Option<(CancellationToken, JoinHandle<()>)>,
@@ -243,7 +244,11 @@ impl NodeHandle {
         let consumer =
             session::consumer::Consumer::new(market.clone(), net.clone(), cancel.clone());
         let provider = session::provider::Provider::new(exit.0, exit.1, proxy_offer_rx);
+        let socks_addr = socks_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let http_proxy_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
         let shared = Arc::new(Shared {
+            socks_addr,
+            http_proxy_addr,
             market,
             net,
             started: Instant::now(),
@@ -273,7 +278,6 @@ impl NodeHandle {
         );
         let opener: Arc<dyn warren_tunnel::FlowOpener> =
             Arc::new(session::consumer::SessionFlows(shared.consumer.clone()));
-        let socks_addr = socks_listener.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = socks_listener {
             tasks.push(tokio::spawn(warren_tunnel::front::serve_socks5(
                 listener,
@@ -282,7 +286,6 @@ impl NodeHandle {
                 cancel.clone(),
             )));
         }
-        let http_proxy_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = http_listener {
             tasks.push(tokio::spawn(warren_tunnel::front::serve_http_proxy(
                 listener,
@@ -324,8 +327,6 @@ impl NodeHandle {
             cancel,
             tasks,
             api_addr,
-            socks_addr,
-            http_proxy_addr,
             data_dir: config.data_dir,
             identity,
             provider: None,
@@ -424,12 +425,12 @@ impl NodeHandle {
 
     /// Where the SOCKS5 front listens, if it runs.
     pub fn socks_addr(&self) -> Option<SocketAddr> {
-        self.socks_addr
+        self.shared.socks_addr
     }
 
     /// Where the HTTP proxy front listens, if it runs.
     pub fn http_proxy_addr(&self) -> Option<SocketAddr> {
-        self.http_proxy_addr
+        self.shared.http_proxy_addr
     }
 
     /// Opens a consumer session (see [`session::consumer::Consumer::connect`]).

@@ -312,6 +312,12 @@ async fn status(cli: &Cli, json: bool) -> Result<()> {
     for a in &s.listen_addrs {
         println!("listening  {a}");
     }
+    if let Some(a) = &s.socks {
+        println!("socks5     {a}");
+    }
+    if let Some(a) = &s.http_proxy {
+        println!("http proxy {a}");
+    }
     match &s.provider {
         Some(p) => println!(
             "selling    in {} at {} WRN/GiB and {} WRN/hour",
@@ -372,9 +378,8 @@ fn human_bytes(n: u64) -> String {
 }
 
 async fn connect(cli: &Cli, req: ConnectRequest, json: bool) -> Result<()> {
-    let v: SessionView = ApiClient::new(cli.api)?
-        .post("/api/v1/session", &req)
-        .await?;
+    let client = ApiClient::new(cli.api)?;
+    let v: SessionView = client.post("/api/v1/session", &req).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -382,7 +387,20 @@ async fn connect(cli: &Cli, req: ConnectRequest, json: bool) -> Result<()> {
             "Connected to {} ({}) at {} WRN/GiB and {} WRN/hour.",
             v.provider, v.country, v.price_per_gib, v.price_per_hour
         );
-        println!("Point applications at the node's SOCKS5 proxy (default 127.0.0.1:1080).");
+        let status: Status = client.get("/api/v1/status", &[]).await?;
+        match (&status.socks, &status.http_proxy) {
+            (None, None) => println!(
+                "This node runs no proxy: restart it with --socks ADDR or --http-proxy ADDR."
+            ),
+            (socks, http) => {
+                if let Some(a) = socks {
+                    println!("Point applications at the SOCKS5 proxy on {a}.");
+                }
+                if let Some(a) = http {
+                    println!("Or at the HTTP proxy on {a}.");
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -130,6 +130,9 @@ fn browse_through_a_provider_and_fail_over() {
         cheap.id.as_str(),
         "the cheapest DE offer wins"
     );
+    let status = c.node.json(&["status", "--json"]);
+    assert_eq!(status["socks"], c.socks.to_string(), "{status}");
+    assert_eq!(status["http_proxy"], c.http.to_string(), "{status}");
     eprintln!("connect took {:?}", start.elapsed());
 
     // SOCKS5 by address, SOCKS5 by name (resolved at the exit), HTTP proxy (absolute URI)

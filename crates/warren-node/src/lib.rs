@@ -95,6 +95,9 @@ pub struct NodeConfig {
     /// Run as a payment hub: its offer then names the service "hub" (a hub that does not
     /// provide announces an offer of that service alone, at price 0).
     pub hub: Option<HubConfig>,
+    /// Hubs whose escrow this node accepts as a provider; empty accepts every hub it has
+    /// seen (`--accept-hub ID`).
+    pub accept_hubs: Vec<NodeId>,
 }
 
 /// Where a proxy front listens.
@@ -117,6 +120,7 @@ impl NodeConfig {
             socks: None,
             http_proxy: None,
             hub: None,
+            accept_hubs: Vec::new(),
         }
     }
 }
@@ -241,9 +245,23 @@ impl NodeHandle {
         };
         let own_offer = watch::channel(None).0;
         let (proxy_offer, proxy_offer_rx) = watch::channel(None);
-        let consumer =
-            session::consumer::Consumer::new(market.clone(), net.clone(), cancel.clone());
-        let provider = session::provider::Provider::new(exit.0, exit.1, proxy_offer_rx);
+        let consumer = session::consumer::Consumer::new(
+            market.clone(),
+            net.clone(),
+            cancel.clone(),
+            identity.clone(),
+            wallet.clone(),
+        );
+        let provider = session::provider::Provider::new(
+            exit.0,
+            exit.1,
+            proxy_offer_rx,
+            session::provider::Payments {
+                identity: identity.clone(),
+                wallet: wallet.clone(),
+                accept_hubs: config.accept_hubs.clone(),
+            },
+        );
         let socks_addr = socks_listener.as_ref().and_then(|l| l.local_addr().ok());
         let http_proxy_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
         let shared = Arc::new(Shared {

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 use warren_net::Network;
 use warren_pay::rpc::{
-    self, AccountView, HistoryEntry, HistoryKind, HubRequest, HubResponse, RpcError, RpcErrorKind,
-    SettleResult,
+    self, AccountView, ChannelView, EscrowView, HistoryEntry, HistoryKind, HubRequest, HubResponse,
+    RpcError, RpcErrorKind, SettleResult,
 };
 use warren_pay::{ChannelId, SignedPromise};
 use warren_types::{Amount, NodeId, Service};
@@ -162,6 +162,8 @@ struct Pending {
 
 /// (hub, channel, consumer): a later promise of the same key replaces an earlier one.
 type PendingKey = (NodeId, ChannelId, NodeId);
+/// (hub, channel, provider): what this node, as a consumer, may have promised a provider.
+type ExposureKey = (NodeId, ChannelId, NodeId);
 
 #[derive(Debug, Default)]
 struct State {
@@ -169,6 +171,10 @@ struct State {
     hub: Option<NodeId>,
     channels: BTreeMap<NodeId, ChannelId>,
     pending: BTreeMap<PendingKey, Pending>,
+    /// An upper bound of the cumulative promise made to each provider on each channel, on
+    /// disk before any promise above it is sent: what the next session with that provider
+    /// starts from at most, and what the channel's other sessions must leave alone.
+    exposure: BTreeMap<ExposureKey, Amount>,
 }
 
 impl State {
@@ -188,6 +194,17 @@ struct WalletFile {
     hub: Option<NodeId>,
     #[serde(default)]
     channels: Vec<ChannelRecord>,
+    #[serde(default)]
+    exposure: Vec<ExposureRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ExposureRecord {
+    hub: NodeId,
+    channel: String,
+    provider: NodeId,
+    /// At least the last cumulative promise sent to `provider` on `channel`.
+    promised: Amount,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -288,6 +305,15 @@ impl Wallet {
                 })?;
                 state.channels.insert(c.hub, channel);
             }
+            for e in file.exposure {
+                let channel = parse_channel(&e.channel).map_err(|reason| WalletError::Damaged {
+                    path: path.display().to_string(),
+                    reason,
+                })?;
+                state
+                    .exposure
+                    .insert((e.hub, channel, e.provider), e.promised);
+            }
             let records: Vec<PendingRecord> = read_json(&dir.join(PROMISES_FILE))?;
             for r in records {
                 let parsed = hex::decode(&r.promise)
@@ -342,6 +368,16 @@ impl Wallet {
                         channel: hex::encode(c.0),
                     })
                     .collect(),
+                exposure: s
+                    .exposure
+                    .iter()
+                    .map(|((hub, channel, provider), promised)| ExposureRecord {
+                        hub: *hub,
+                        channel: hex::encode(channel.0),
+                        provider: *provider,
+                        promised: *promised,
+                    })
+                    .collect(),
             }
         };
         write_json(&dir.join(WALLET_FILE), &file)
@@ -387,6 +423,91 @@ impl Wallet {
     /// Promised to this node and not yet settled.
     pub fn earned_unsettled(&self) -> Amount {
         self.state().unsettled()
+    }
+
+    /// Provider side: the cumulative amount of the promise held for `consumer` on `channel`
+    /// at `hub` (zero when none is held).
+    pub fn held_promise(&self, hub: NodeId, channel: ChannelId, consumer: NodeId) -> Amount {
+        self.state()
+            .pending
+            .get(&(hub, channel, consumer))
+            .map_or(Amount::ZERO, |p| p.cumulative)
+    }
+
+    /// Consumer side: at least what this node promised `provider` on `channel` at `hub`.
+    pub fn exposure(&self, hub: NodeId, channel: ChannelId, provider: NodeId) -> Amount {
+        self.state()
+            .exposure
+            .get(&(hub, channel, provider))
+            .copied()
+            .unwrap_or(Amount::ZERO)
+    }
+
+    /// Consumer side: what this node may have promised every provider but `provider` on
+    /// `channel` at `hub`; a session with `provider` must leave that much of the channel.
+    pub fn exposure_elsewhere(&self, hub: NodeId, channel: ChannelId, provider: NodeId) -> Amount {
+        let nano: u128 = self
+            .state()
+            .exposure
+            .iter()
+            .filter(|((h, c, p), _)| *h == hub && *c == channel && *p != provider)
+            .map(|(_, a)| u128::from(a.nano()))
+            .sum();
+        Amount::from_nano(u64::try_from(nano).unwrap_or(u64::MAX))
+    }
+
+    /// Consumer side: records, durably, that this node may promise `provider` up to `amount`
+    /// on `channel` at `hub`. Call it before sending a promise above the figure recorded;
+    /// the figure never goes down.
+    pub async fn reserve(
+        self: &Arc<Self>,
+        hub: NodeId,
+        channel: ChannelId,
+        provider: NodeId,
+        amount: Amount,
+    ) -> Result<(), WalletError> {
+        {
+            let mut s = self.state();
+            let held = s.exposure.entry((hub, channel, provider)).or_default();
+            if *held >= amount {
+                return Ok(());
+            }
+            *held = amount;
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.save_wallet())
+            .await
+            .map_err(|e| WalletError::Store {
+                path: WALLET_FILE.into(),
+                reason: e.to_string(),
+            })?
+    }
+
+    /// Consumer side: this node's channel at `hub` as the hub has it now.
+    pub async fn own_channel(&self, hub: NodeId) -> Result<Option<EscrowView>, WalletError> {
+        let Some(channel) = self.channel(hub) else {
+            return Ok(None);
+        };
+        let account = self.account(hub).await?;
+        Ok(account.channels.into_iter().find(|c| c.channel == channel))
+    }
+
+    /// Provider side: a consumer's channel at `hub`, and what this node was settled from it.
+    pub async fn channel_at(
+        &self,
+        hub: NodeId,
+        channel: ChannelId,
+    ) -> Result<ChannelView, WalletError> {
+        match self
+            .ask(hub, HubRequest::Channel { channel }, "a channel lookup")
+            .await?
+        {
+            HubResponse::Channel(view) => Ok(view),
+            _ => Err(WalletError::Unexpected {
+                hub,
+                what: "a channel lookup",
+            }),
+        }
     }
 
     /// Sends `request` to `hub` (in-process when it is this node's own) and returns its

@@ -205,6 +205,23 @@ impl<L: Ledger> Hub<L> {
             .map_err(ledger("reading an escrow"))
     }
 
+    /// Channel `channel` and what `provider` has been settled from it, if it exists.
+    pub async fn channel(
+        &self,
+        channel: ChannelId,
+        provider: NodeId,
+    ) -> Result<Option<(Escrow, Amount)>, HubError> {
+        let Some(escrow) = self.escrow(channel).await? else {
+            return Ok(None);
+        };
+        let settled = self
+            .ledger
+            .settled(channel, provider)
+            .await
+            .map_err(ledger("reading a settled amount"))?;
+        Ok(Some((escrow, settled)))
+    }
+
     pub async fn history(&self, account: NodeId, limit: usize) -> Result<Vec<Entry>, HubError> {
         self.ledger
             .history(account, limit)

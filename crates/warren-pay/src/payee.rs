@@ -158,6 +158,8 @@ pub struct Payee {
     window: Amount,
     carrying: bool,
     paused_since: Option<Instant>,
+    /// Whole seconds of the session as of the last evaluation.
+    secs_at_update: u64,
     events: VecDeque<PayeeEvent>,
 }
 
@@ -190,6 +192,7 @@ impl Payee {
             window: Amount::ZERO,
             carrying: true,
             paused_since: None,
+            secs_at_update: 0,
             events: VecDeque::with_capacity(MAX_EVENTS),
         };
         payee.update(now);
@@ -318,6 +321,26 @@ impl Payee {
         self.window
     }
 
+    /// The most payload bytes (both directions, cumulative) the session may reach before
+    /// its unpaid amount would pass the largest credit window, `W_max = cost(4 MiB, 2 s)`,
+    /// at the current duration: a hard gate for the flows, which [`carry`](Self::carry)
+    /// (the window at the current rate) can only tighten. The total carried so far while
+    /// not carrying; `u64::MAX` when bytes are free (time-only prices are held by `carry`).
+    pub fn byte_limit(&self) -> u64 {
+        if !self.carrying {
+            return self.total();
+        }
+        let price = self.terms.price;
+        if price.per_gib == Amount::ZERO {
+            return u64::MAX;
+        }
+        let budget = window::saturating_add(
+            self.paid(),
+            window::credit_window(price, window::WINDOW_MAX_BYTES),
+        );
+        window::bytes_within(price, budget, self.secs_at_update)
+    }
+
     /// The cumulative amount of the last invoice issued.
     pub fn invoiced(&self) -> Amount {
         self.invoiced
@@ -354,7 +377,8 @@ impl Payee {
             return;
         }
         let price = self.terms.price;
-        self.owed = window::session_cost(price, self.up, self.down, self.secs(now));
+        self.secs_at_update = self.secs(now);
+        self.owed = window::session_cost(price, self.up, self.down, self.secs_at_update);
         self.window = window::credit_window(price, self.traffic.recent(now, self.total()));
         self.carrying = self.unpaid() <= self.window;
         if self.carrying {

@@ -52,6 +52,9 @@ pub enum HubRequest {
     Balance,
     /// The latest `limit` entries of the account's history, newest first.
     History { limit: u32 },
+    /// A channel as a provider sees it before carrying traffic for it: whose it is, what
+    /// is left, and what the requesting peer has been settled from it so far.
+    Channel { channel: ChannelId },
 }
 
 /// A hub's answer.
@@ -66,6 +69,8 @@ pub enum HubResponse {
     Settled(Vec<SettleResult>),
     History(Vec<HistoryEntry>),
     Error(RpcError),
+    /// The answer to `Channel`.
+    Channel(ChannelView),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +100,20 @@ pub struct EscrowView {
     pub funded: Amount,
     pub left: Amount,
     pub overdrawn: bool,
+}
+
+/// A channel as `Channel` shows it to the requesting peer (a provider).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelView {
+    pub channel: ChannelId,
+    /// Whose escrow it is: the only account whose promises on it count.
+    pub consumer: NodeId,
+    pub funded: Amount,
+    pub left: Amount,
+    /// A settlement asked for more than was left: providers refuse the channel.
+    pub overdrawn: bool,
+    /// What the requesting peer has been settled from this channel so far (cumulative).
+    pub settled: Amount,
 }
 
 /// What settling one promise did.
@@ -378,7 +397,7 @@ impl HubRequest {
             }
         };
         match self {
-            HubRequest::Info | HubRequest::Balance => Ok(()),
+            HubRequest::Info | HubRequest::Balance | HubRequest::Channel { .. } => Ok(()),
             HubRequest::Topup { amount } => {
                 positive(amount, "a top-up")?;
                 if *amount > MAX_FAUCET_TOPUP {
@@ -493,6 +512,21 @@ pub async fn answer<L: Ledger>(hub: &Hub<L>, peer: NodeId, request: HubRequest) 
         },
         HubRequest::History { limit } => match hub.history(peer, limit as usize).await {
             Ok(entries) => HubResponse::History(entries.iter().map(HistoryEntry::from).collect()),
+            Err(e) => error(&e),
+        },
+        HubRequest::Channel { channel } => match hub.channel(channel, peer).await {
+            Ok(Some((e, settled))) => HubResponse::Channel(ChannelView {
+                channel: e.channel,
+                consumer: e.consumer,
+                funded: e.funded,
+                left: e.left,
+                overdrawn: e.overdrawn,
+                settled,
+            }),
+            Ok(None) => HubResponse::Error(RpcError::new(
+                RpcErrorKind::UnknownChannel,
+                format!("the hub has no channel {channel}"),
+            )),
             Err(e) => error(&e),
         },
     }
@@ -728,6 +762,19 @@ mod tests {
             };
             assert_eq!(h.len(), 1);
             assert_eq!(h[0].kind, HistoryKind::Earned);
+
+            // A provider sees whose channel it is, what is left and what it was settled.
+            let r = answer(&hub, provider, HubRequest::Channel { channel: ch }).await;
+            let HubResponse::Channel(view) = r else { panic!("{r:?}") };
+            assert_eq!(view.consumer, me);
+            assert_eq!(view.funded, wrn(4));
+            assert_eq!(view.left, Amount::from_nano(wrn(4).nano() - 1_000_000));
+            assert_eq!(view.settled, Amount::from_nano(1_000_000));
+            assert!(!view.overdrawn);
+            let r = answer(&hub, me, HubRequest::Channel { channel: ch }).await;
+            assert!(matches!(r, HubResponse::Channel(v) if v.settled == Amount::ZERO), "{r:?}");
+            let r = answer(&hub, provider, HubRequest::Channel { channel: ChannelId([6; 16]) }).await;
+            assert!(matches!(&r, HubResponse::Error(e) if e.kind == RpcErrorKind::UnknownChannel), "{r:?}");
 
             let dry = Hub::new(MemoryLedger::new(), hub_id, FeeBps::DEFAULT).unwrap();
             let r = answer(&dry, me, HubRequest::Topup { amount: wrn(1) }).await;

@@ -67,6 +67,28 @@ pub fn session_cost(price: Price, up: u64, down: u64, secs: u64) -> Amount {
     price.cost(up.saturating_add(down), Duration::from_secs(secs))
 }
 
+/// The most payload bytes that cost at most `budget` after `secs` whole seconds: the largest
+/// `b` with `session_cost(price, b, 0, secs) ≤ budget`. `u64::MAX` when bytes are free;
+/// zero when the time alone costs more than `budget`.
+pub fn bytes_within(price: Price, budget: Amount, secs: u64) -> u64 {
+    const GIB: u128 = 1 << 30;
+    const SECS_PER_HOUR: u128 = 3600;
+    if price.per_gib == Amount::ZERO {
+        return u64::MAX;
+    }
+    // cost = ceil((per_gib·b·3600 + per_hour·secs·GiB) / (GiB·3600)) ≤ budget
+    //   ⟺ per_gib·b·3600 ≤ budget·GiB·3600 − per_hour·secs·GiB (all integers).
+    let room = u128::from(budget.nano()) * GIB * SECS_PER_HOUR;
+    let time = u128::from(price.per_hour.nano())
+        .checked_mul(u128::from(secs))
+        .and_then(|t| t.checked_mul(GIB));
+    let Some(left) = time.and_then(|t| room.checked_sub(t)) else {
+        return 0;
+    };
+    let bytes = left / (u128::from(price.per_gib.nano()) * SECS_PER_HOUR);
+    u64::try_from(bytes).unwrap_or(u64::MAX)
+}
+
 /// The provider's credit window `W` given the bytes carried in the last [`WINDOW_SPAN`].
 pub fn credit_window(price: Price, recent_bytes: u64) -> Amount {
     price.cost(recent_bytes.min(WINDOW_MAX_BYTES), WINDOW_SPAN)
@@ -181,6 +203,38 @@ mod tests {
         );
         assert_eq!(credit_window(p, 100 * MIB), credit_window(p, 4 * MIB));
         assert_eq!(credit_window(price(0, 0), 100 * MIB), Amount::ZERO);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn bytes_within_is_the_largest_affordable_count(
+            per_gib in 1u64..u64::MAX,
+            per_hour in proptest::prelude::any::<u64>(),
+            budget in proptest::prelude::any::<u64>(),
+            secs in 0u64..10_000_000,
+        ) {
+            let p = price(per_gib, per_hour);
+            let budget = Amount::from_nano(budget);
+            let b = bytes_within(p, budget, secs);
+            if b > 0 {
+                proptest::prop_assert!(session_cost(p, b, 0, secs) <= budget);
+            }
+            if b < u64::MAX {
+                proptest::prop_assert!(
+                    b == 0 && session_cost(p, 0, 0, secs) > budget
+                        || session_cost(p, b + 1, 0, secs) > budget
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bytes_within_at_one_wrn_per_gib() {
+        let p = price(1 << 30, 0);
+        assert_eq!(bytes_within(p, Amount::from_nano(1 << 20), 0), 1 << 20);
+        assert_eq!(bytes_within(price(0, 5), Amount::ZERO, 9), u64::MAX);
+        // Time alone already costs more than the budget.
+        assert_eq!(bytes_within(price(1, 3600), Amount::from_nano(1), 2), 0);
     }
 
     #[test]

@@ -1216,3 +1216,37 @@ proptest! {
         prop_assert_eq!(payee.paid(), paid);
     }
 }
+
+#[test]
+fn the_byte_limit_holds_a_consumer_that_never_pays_to_the_largest_window() {
+    let p = price(1_000_000_000, 0);
+    let (start, mut payee) = fresh_payee(p, Amount::ZERO, plenty());
+    let w_max = window::credit_window(p, window::WINDOW_MAX_BYTES);
+    let limit = payee.byte_limit();
+    assert_eq!(limit, window::bytes_within(p, w_max, 0));
+    assert!(limit >= 4 * MIB - 8 && limit <= 4 * MIB + 8, "{limit}");
+    // A flow that reads up to the gate never owes more than W_max.
+    payee.on_traffic(start + ms(100), limit, 0);
+    assert!(payee.unpaid() <= w_max);
+    // A promise for the first MiB moves the gate by a MiB.
+    let one_mib = window::session_cost(p, MIB, 0, 0);
+    payee
+        .handle_promise(
+            start + ms(150),
+            &signed_promise(&consumer(), provider().node_id(), one_mib),
+        )
+        .unwrap();
+    let moved = payee.byte_limit();
+    assert!(
+        moved >= limit + MIB - 8 && moved <= limit + MIB + 8,
+        "{moved}"
+    );
+    // Paused (owed past the window at the current rate) means no byte more.
+    let (start, mut slow) = fresh_payee(wrn_per_gib(), Amount::ZERO, plenty());
+    slow.on_traffic(start + Duration::from_secs(30), 3 * MIB, 0);
+    assert!(!slow.carry());
+    assert_eq!(slow.byte_limit(), 3 * MIB);
+    // Bytes at no price are never gated by the limit.
+    let (_, free) = fresh_payee(price(0, 360_000_000), Amount::ZERO, plenty());
+    assert_eq!(free.byte_limit(), u64::MAX);
+}

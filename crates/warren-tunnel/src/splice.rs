@@ -27,7 +27,12 @@ pub struct Meter {
     down: AtomicU64,
     cap: u64,
     paused: AtomicBool,
+    /// Flows wait (as if paused) once the total reaches this, until it is raised.
+    limit: AtomicU64,
     resumed: Arc<Notify>,
+    /// The driver is woken once the total reaches this.
+    watermark: AtomicU64,
+    crossed: Notify,
 }
 
 impl Default for Meter {
@@ -44,8 +49,58 @@ impl Meter {
             down: AtomicU64::new(0),
             cap: cap.unwrap_or(u64::MAX),
             paused: AtomicBool::new(false),
+            limit: AtomicU64::new(u64::MAX),
             resumed: Arc::new(Notify::new()),
+            watermark: AtomicU64::new(u64::MAX),
+            crossed: Notify::new(),
         }
+    }
+
+    /// Lets flows carry until the session's total (up + down) reaches `limit`; they then wait
+    /// as if paused until it is raised. Each read is cut to fit under it, so concurrent flows
+    /// overshoot it by at most one read each, and a flow alone not at all. A provider sets it
+    /// to what has been paid for plus the credit window.
+    pub fn set_limit(&self, limit: u64) {
+        let before = self.limit.swap(limit, Ordering::SeqCst);
+        if limit > before {
+            self.resumed.notify_waiters();
+        }
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit.load(Ordering::SeqCst)
+    }
+
+    /// Asks to be woken ([`Meter::crossed`]) once the total reaches `at`; replaces any earlier
+    /// mark. A mark already reached wakes at once.
+    pub fn set_watermark(&self, at: u64) {
+        self.watermark.store(at, Ordering::SeqCst);
+        if self.total() >= at {
+            self.fire_watermark();
+        }
+    }
+
+    /// Completes once the total passed the watermark (a crossing since the last call counts).
+    pub async fn crossed(&self) {
+        self.crossed.notified().await
+    }
+
+    fn fire_watermark(&self) {
+        if self.watermark.swap(u64::MAX, Ordering::SeqCst) != u64::MAX {
+            self.crossed.notify_one();
+        }
+    }
+
+    fn check_watermark(&self) {
+        if self.total() >= self.watermark.load(Ordering::Relaxed) {
+            self.fire_watermark();
+        }
+    }
+
+    /// Whether flows must wait now: paused, or at the limit. Datagrams met while held are
+    /// dropped.
+    pub fn is_held(&self) -> bool {
+        self.is_paused() || self.total() >= self.limit.load(Ordering::SeqCst)
     }
 
     /// Stops every flow of the session from reading more (both directions) until
@@ -84,10 +139,12 @@ impl Meter {
 
     pub fn add_up(&self, n: u64) {
         self.up.fetch_add(n, Ordering::Relaxed);
+        self.check_watermark();
     }
 
     pub fn add_down(&self, n: u64) {
         self.down.fetch_add(n, Ordering::Relaxed);
+        self.check_watermark();
     }
 }
 
@@ -117,10 +174,10 @@ impl<S> Counted<S> {
         }
     }
 
-    /// Ready once the meter is not paused.
+    /// Ready once the meter is neither paused nor at its limit.
     fn poll_unpaused(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
-            if !self.meter.is_paused() {
+            if !self.meter.is_held() {
                 self.resume = None;
                 return Poll::Ready(());
             }
@@ -129,7 +186,7 @@ impl<S> Counted<S> {
                 .resume
                 .get_or_insert_with(|| Box::pin(meter.resumed.clone().notified_owned()));
             wait.as_mut().enable();
-            if !self.meter.is_paused() {
+            if !self.meter.is_held() {
                 self.resume = None;
                 return Poll::Ready(());
             }
@@ -153,9 +210,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         if self.poll_unpaused(cx).is_pending() {
             return Poll::Pending;
         }
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = (buf.filled().len() - before) as u64;
+        // Never read past the limit: what is read is carried (and billed).
+        let room = self.meter.limit().saturating_sub(self.meter.total());
+        let want = usize::try_from(room)
+            .unwrap_or(usize::MAX)
+            .min(buf.remaining());
+        // Zeroes only what was never initialised: a reused buffer costs nothing.
+        let mut part = ReadBuf::new(buf.initialize_unfilled_to(want));
+        let res = Pin::new(&mut self.inner).poll_read(cx, &mut part);
+        let n = part.filled().len();
+        buf.advance(n);
+        let n = n as u64;
         match self.direction {
             Direction::Up => self.meter.add_up(n),
             Direction::Down => self.meter.add_down(n),
@@ -397,6 +462,43 @@ mod tests {
         assert_eq!(&back, b"back");
         drop((client, remote));
         assert_eq!(task.await.unwrap(), SpliceEnd::Done);
+    }
+
+    #[tokio::test]
+    async fn a_flow_stops_exactly_at_the_limit_and_goes_on_when_it_is_raised() {
+        let (mut client, client_far) = tokio::io::duplex(64 * 1024);
+        let (mut remote, remote_far) = tokio::io::duplex(64 * 1024);
+        let meter = Arc::new(Meter::default());
+        meter.set_limit(1000);
+        meter.set_watermark(600);
+        let stop = CancellationToken::new();
+        let m = meter.clone();
+        let task = tokio::spawn(async move { splice(client_far, remote_far, m, &stop).await });
+        client.write_all(&[7u8; 1500]).await.unwrap();
+        let mut got = vec![0u8; 1000];
+        remote.read_exact(&mut got).await.unwrap();
+        // The driver hears of the crossing even though it was not waiting yet.
+        tokio::time::timeout(std::time::Duration::from_secs(5), meter.crossed())
+            .await
+            .expect("the watermark fired");
+        let mut more = [0u8; 1];
+        let stalled = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            remote.read_exact(&mut more),
+        )
+        .await;
+        assert!(stalled.is_err(), "bytes moved past the limit");
+        assert_eq!(meter.total(), 1000);
+        meter.set_limit(1400);
+        let mut rest = vec![0u8; 400];
+        remote.read_exact(&mut rest).await.unwrap();
+        assert_eq!(meter.total(), 1400);
+        meter.set_limit(u64::MAX);
+        let mut last = vec![0u8; 100];
+        remote.read_exact(&mut last).await.unwrap();
+        drop((client, remote));
+        assert_eq!(task.await.unwrap(), SpliceEnd::Done);
+        assert_eq!(meter.up(), 1500);
     }
 
     #[tokio::test]

@@ -233,6 +233,10 @@ pub struct NodeArgs {
     /// The hub's fee on every settlement, in percent (default 1, at most 5).
     #[arg(long, value_name = "PERCENT", requires = "hub", value_parser = parse_fee)]
     pub hub_fee: Option<FeeBps>,
+    /// As a provider, take escrow only at this hub (repeat for several). Default: every hub
+    /// this node has seen.
+    #[arg(long = "accept-hub", value_name = "ID")]
+    pub accept_hub: Vec<NodeId>,
 }
 
 #[cfg(test)]

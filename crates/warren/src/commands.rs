@@ -196,6 +196,7 @@ async fn node(cli: &Cli, args: &NodeArgs) -> Result<()> {
         p.offer_lifetime = Duration::from_secs(args.offer_lifetime);
         config.provide = Some(p);
     }
+    config.accept_hubs = args.accept_hub.clone();
     if args.hub {
         config.hub = Some(HubConfig {
             faucet: args.faucet,

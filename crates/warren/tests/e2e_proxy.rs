@@ -66,12 +66,22 @@ fn consumer(boot: &str) -> Consumer {
     Consumer { node, socks, http }
 }
 
+/// Waits for `n` bandwidth offers and the boot node's hub, then puts 10 WRN into escrow
+/// there: the providers charge.
 fn wait_offers(c: &NodeProc, n: usize) {
     eventually(Duration::from_secs(30), || {
         let o = c.json(&["offers", "--json"]);
-        (o.as_array().map_or(0, Vec::len) >= n).then_some(())
+        let hubs = c.json(&["offers", "--service", "hub", "--json"]);
+        (o.as_array().map_or(0, Vec::len) >= n && hubs.as_array().map_or(0, Vec::len) >= 1)
+            .then_some(())
     })
-    .unwrap_or_else(|| panic!("the consumer never saw {n} offers"));
+    .unwrap_or_else(|| panic!("the consumer never saw {n} offers and a hub"));
+    let out = c.cli(&["wallet", "topup", "10"]);
+    assert!(
+        out.status.success(),
+        "top-up failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn session(c: &NodeProc) -> Value {
@@ -93,7 +103,7 @@ fn curl_sha(proxy_args: &[&str], url: &str) -> Result<String, String> {
 #[test]
 fn browse_through_a_provider_and_fail_over() {
     let files = FileServer::start(64 << 20);
-    let boot = node(&["--socks", "off"]);
+    let boot = node(&["--socks", "off", "--hub", "--faucet"]);
     let via = boot.addr("tcp");
     // Same country; the cheaper one is chosen first, the other takes over when it dies.
     let mut cheap = provider(&via, "DE", "0.01", true);
@@ -304,7 +314,7 @@ fn connect_without_a_match_says_what_to_do() {
 #[test]
 fn exit_policy_refuses_loopback_unless_allowed() {
     let files = FileServer::start(1024);
-    let boot = node(&["--socks", "off"]);
+    let boot = node(&["--socks", "off", "--hub", "--faucet"]);
     let via = boot.addr("tcp");
     let strict = provider(&via, "NL", "0.01", false);
     let c = consumer(&via);

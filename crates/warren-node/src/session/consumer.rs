@@ -1,6 +1,7 @@
 //! The consumer's side: picks a provider, opens a session, keeps it (failing over to the
 //! next matching provider when it is lost), and opens each flow the fronts ask for.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -9,20 +10,23 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use warren_net::{NetStream, Network};
+use warren_pay::{ChannelId, Payer, PayerConfig, PayerTerms, window};
 use warren_session::wire::{
     CONTROL_PROTOCOL, CloseReason, ControlMsg, FLOW_PROTOCOL, FlowHeader, FlowReply, FrameReader,
-    MAX_CONTROL_MSG, MAX_FLOW_HEADER, SessionId,
+    MAX_CONTROL_MSG, MAX_FLOW_HEADER, PayTerms, SessionId,
 };
 use warren_session::{Session, SessionConfig, SessionEvent};
 use warren_tunnel::splice::{Meter, Metered};
 use warren_tunnel::{BoxStream, FlowOpener, OpenFuture};
 use warren_types::{
-    Amount, Country, FlowProto, FlowRefusal, NodeId, Offer, RefusalKind, Service, Target,
+    Amount, Country, FlowProto, FlowRefusal, Identity, NodeId, Offer, RefusalKind, Service, Target,
 };
 
+use super::billing::Paying;
 use super::{drive, read_msg, write_msg};
 use crate::catalog::OfferFilter;
 use crate::market::Market;
+use crate::wallet::Wallet;
 
 /// Providers whose connect latency is measured when several share the best price.
 const LATENCY_PROBES: usize = 4;
@@ -75,8 +79,12 @@ pub struct SessionView {
     /// Payload bytes from the provider, this session.
     pub bytes_down: u64,
     pub duration_secs: u64,
-    /// Cost of this session so far at the offer's price (nano-WRN).
+    /// Cost of this session so far at the offer's price, by this node's own counters
+    /// (nano-WRN).
     pub spent: Amount,
+    /// What this node has promised the provider for this session (nano-WRN); it follows the
+    /// provider's invoices, within the tolerance of `spent`.
+    pub promised: Amount,
     /// How many times the session moved to another provider on its own.
     pub failovers: u32,
 }
@@ -105,6 +113,8 @@ struct Active {
     /// Cancelled when the session ends, however it ends: every flow of it stops, so nothing
     /// waits on a provider that is gone.
     flows: CancellationToken,
+    /// Promised to the provider in this session (nano-WRN).
+    promised: Arc<AtomicU64>,
 }
 
 impl Active {
@@ -148,11 +158,30 @@ pub struct Consumer {
     ops: tokio::sync::Mutex<()>,
     cancel: CancellationToken,
     config: SessionConfig,
+    /// Signs promises.
+    identity: Identity,
+    wallet: Arc<Wallet>,
+}
+
+/// What a paid session pays from, as found before the Open.
+#[derive(Debug, Clone, Copy)]
+struct Funds {
+    hub: NodeId,
+    channel: ChannelId,
+    funded: Amount,
 }
 
 impl Consumer {
-    pub(crate) fn new(market: Arc<Market>, net: Network, cancel: CancellationToken) -> Arc<Self> {
+    pub(crate) fn new(
+        market: Arc<Market>,
+        net: Network,
+        cancel: CancellationToken,
+        identity: Identity,
+        wallet: Arc<Wallet>,
+    ) -> Arc<Self> {
         Arc::new(Consumer {
+            identity,
+            wallet,
             market,
             net,
             state: Mutex::new(State {
@@ -196,6 +225,7 @@ impl Consumer {
             bytes_down: active.meter.down(),
             duration_secs: duration.as_secs(),
             spent: active.offer.price.cost(active.meter.total(), duration),
+            promised: Amount::from_nano(active.promised.load(Ordering::Relaxed)),
             failovers: state.failovers,
         })
     }
@@ -348,13 +378,30 @@ impl Consumer {
         if offers.is_empty() {
             return Err(ConnectError::NoOffers(describe(req)));
         }
+        // Asked once, and only when some offer is priced.
+        let mut funds: Option<Result<Funds, String>> = None;
         let mut failures = Vec::new();
         for offer in offers.into_iter().take(MAX_TRIES) {
             if self.cancel.is_cancelled() {
                 return Err(ConnectError::ShuttingDown);
             }
             let provider = offer.provider;
-            match self.open_session(offer).await {
+            let pay = if window::is_free(offer.price) {
+                None
+            } else {
+                if funds.is_none() {
+                    funds = Some(self.funds().await);
+                }
+                match funds.clone() {
+                    Some(Ok(f)) => Some(f),
+                    Some(Err(why)) => {
+                        failures.push(format!("{provider}: {why}"));
+                        continue;
+                    }
+                    None => None,
+                }
+            };
+            match self.open_session(offer, pay).await {
                 Ok(ok) => return Ok(ok),
                 Err(why) => {
                     debug!(%provider, "session not opened: {why}");
@@ -365,7 +412,35 @@ impl Consumer {
         Err(ConnectError::AllFailed(failures.join("; ")))
     }
 
-    async fn open_session(&self, offer: Offer) -> Result<(Arc<Active>, Running), String> {
+    /// The escrow this node pays from: its channel at the wallet's hub, as the hub has it.
+    async fn funds(&self) -> Result<Funds, String> {
+        const TOPUP: &str = "run `warren wallet topup WRN` to put money in escrow";
+        let hub = self
+            .wallet
+            .hub()
+            .ok_or_else(|| format!("the offer is priced and no payment hub is known; {TOPUP}"))?;
+        let view = tokio::time::timeout(DIAL_TIMEOUT, self.wallet.own_channel(hub))
+            .await
+            .map_err(|_| format!("hub {hub} did not answer about this node's escrow"))?
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("this node has no escrow at hub {hub}; {TOPUP}"))?;
+        if view.overdrawn {
+            return Err(format!(
+                "this node's escrow at hub {hub} is marked overdrawn (promised more than it held); providers refuse it: top up into a new channel"
+            ));
+        }
+        Ok(Funds {
+            hub,
+            channel: view.channel,
+            funded: view.funded,
+        })
+    }
+
+    async fn open_session(
+        &self,
+        offer: Offer,
+        funds: Option<Funds>,
+    ) -> Result<(Arc<Active>, Running), String> {
         let provider = offer.provider;
         tokio::time::timeout(
             DIAL_TIMEOUT,
@@ -382,15 +457,12 @@ impl Consumer {
         .map_err(|_| "timed out opening the session stream".to_string())?
         .map_err(|e| e.to_string())?;
         let id = SessionId(random_id());
-        // Unpaid for now: payments are wired in later.
-        let mut session = Session::consumer(
-            Instant::now(),
-            id,
-            offer.seq,
-            offer.price,
-            None,
-            self.config,
-        );
+        let pay = funds.map(|f| PayTerms {
+            hub: f.hub,
+            channel: f.channel.0,
+        });
+        let mut session =
+            Session::consumer(Instant::now(), id, offer.seq, offer.price, pay, self.config);
         while let Some(msg) = session.poll_transmit() {
             write_msg(&mut stream, &msg, MAX_CONTROL_MSG)
                 .await
@@ -419,6 +491,11 @@ impl Consumer {
         if !opened {
             return Err("the provider did not accept".into());
         }
+        let promised = Arc::new(AtomicU64::new(0));
+        let billing = match funds {
+            Some(f) => Some(self.paying(id, &offer, f, session.base(), promised.clone())?),
+            None => None,
+        };
         let (close, close_rx) = mpsc::channel(1);
         let active = Arc::new(Active {
             id,
@@ -428,6 +505,7 @@ impl Consumer {
             ended: std::sync::OnceLock::new(),
             close,
             flows: CancellationToken::new(),
+            promised,
         });
         info!(session = %id, %provider, "session opened");
         Ok((
@@ -437,8 +515,54 @@ impl Consumer {
                 stream,
                 close_rx,
                 meter: active.meter.clone(),
+                billing,
             },
         ))
+    }
+
+    /// The payment core for a session the provider accepted with `base` already held: it
+    /// may promise what the channel holds beyond what every provider may have been promised.
+    fn paying(
+        &self,
+        id: SessionId,
+        offer: &Offer,
+        f: Funds,
+        base: Amount,
+        promised: Arc<AtomicU64>,
+    ) -> Result<Paying, String> {
+        let provider = offer.provider;
+        let own = self.wallet.exposure(f.hub, f.channel, provider);
+        if base > own {
+            // Promises are cumulative: taking this base would pay the provider for nothing.
+            warn!(%provider, %base, promised = %own, "a provider claims more was promised to it than this node promised");
+            return Err(format!(
+                "the provider claims {base} WRN promised already, more than this node's {own} WRN"
+            ));
+        }
+        let elsewhere = self.wallet.exposure_elsewhere(f.hub, f.channel, provider);
+        let available = f.funded.saturating_sub(elsewhere).saturating_sub(base);
+        if available == Amount::ZERO {
+            return Err(format!(
+                "this node's escrow at hub {} is promised in full; run `warren wallet topup WRN`",
+                f.hub
+            ));
+        }
+        let terms = PayerTerms {
+            session: id.0,
+            provider,
+            hub: f.hub,
+            channel: f.channel,
+            price: offer.price,
+            base,
+            escrow_available: available,
+        };
+        let payer = Payer::new(
+            Instant::now(),
+            terms,
+            self.identity.clone(),
+            PayerConfig::default(),
+        );
+        Ok(Paying::new(payer, self.wallet.clone(), own, promised))
     }
 
     /// Drives the open session; when it is lost without a local close, fails over to the
@@ -450,20 +574,18 @@ impl Consumer {
         let mut pause = Duration::ZERO;
         loop {
             let opened = Instant::now();
+            let mut billing = run.billing;
             let session = drive(
                 run.session,
                 run.stream,
                 FrameReader::new(MAX_CONTROL_MSG),
                 run.close_rx,
                 run.meter,
-                |ev| match ev {
-                    SessionEvent::Closed { reason, by_peer } => {
+                &mut billing,
+                |ev| {
+                    if let SessionEvent::Closed { reason, by_peer } = ev {
                         info!(by_peer, "session closed: {reason}");
                     }
-                    // An unpaid session's provider has nothing to bill: ignored until payments
-                    // are wired in.
-                    SessionEvent::Invoice(_) => debug!("ignoring an invoice: payments are off"),
-                    SessionEvent::Opened | SessionEvent::Refused(_) | SessionEvent::Promise(_) => {}
                 },
             )
             .await;
@@ -632,6 +754,7 @@ struct Running {
     stream: NetStream,
     close_rx: mpsc::Receiver<CloseReason>,
     meter: Arc<Meter>,
+    billing: Option<Paying>,
 }
 
 /// The [`FlowOpener`] the fronts use: each flow goes through the consumer's session.

@@ -3,7 +3,7 @@
 //! exit connector.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,16 +13,19 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 use warren_net::{NetStream, Network};
+use warren_pay::{ChannelId, Payee, PayeeTerms, window};
 use warren_session::wire::{
     CONTROL_PROTOCOL, CloseReason, ControlMsg, FLOW_PROTOCOL, FlowHeader, FlowReply, FrameReader,
-    MAX_CONTROL_MSG, MAX_FLOW_HEADER, SessionId, SessionRefusal,
+    MAX_CONTROL_MSG, MAX_FLOW_HEADER, PayTerms, SessionId, SessionRefusal,
 };
 use warren_session::{Session, SessionConfig, SessionEvent};
 use warren_tunnel::exit::{Exit, ExitCaps};
 use warren_tunnel::splice::{Meter, splice};
-use warren_types::{Amount, FlowProto, FlowRefusal, NodeId, Offer, RefusalKind};
+use warren_types::{Amount, FlowProto, FlowRefusal, Identity, NodeId, Offer, RefusalKind};
 
+use super::billing::{self, Billed};
 use super::{drive, read_msg, write_msg};
+use crate::wallet::Wallet;
 
 /// How long a peer may take to send the first message of a stream.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +36,9 @@ const MAX_SESSIONS_PER_PEER: usize = 2;
 const MAX_FLOWS_TOTAL: usize = 1024;
 /// Control streams still waiting for their Open.
 const MAX_PENDING_CONTROL: usize = 64;
+/// How long asking the hub about a consumer's escrow may take; the consumer waits 5 s for
+/// the answer to its Open.
+const ESCROW_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One consumer's session as the provider tracks it.
 #[derive(Debug)]
@@ -44,6 +50,8 @@ struct Served {
     stop: CancellationToken,
     opened: Instant,
     price: warren_types::Price,
+    /// What the consumer's promises cover of this session so far (nano-WRN).
+    paid: Arc<AtomicU64>,
 }
 
 /// A session this provider serves, as the API shows it.
@@ -55,8 +63,31 @@ pub struct ServedView {
     pub bytes_down: u64,
     pub flows: usize,
     pub duration_secs: u64,
-    /// What the session has earned so far at the offer's price (nano-WRN).
+    /// What the session has cost so far at the offer's price (nano-WRN).
     pub earned: Amount,
+    /// What the consumer's promises cover of it (nano-WRN).
+    pub paid: Amount,
+}
+
+/// What the provider needs to bill: its key for invoices, its wallet for promises, and the
+/// hubs it takes escrow at.
+#[derive(Debug, Clone)]
+pub struct Payments {
+    pub identity: Identity,
+    pub wallet: Arc<Wallet>,
+    /// Hubs whose escrow this provider accepts; empty accepts every hub it has seen.
+    pub accept_hubs: Vec<NodeId>,
+}
+
+/// A consumer's escrow as checked before the first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Escrow {
+    hub: NodeId,
+    channel: ChannelId,
+    /// The promise already held from the channel (what the Accept tells the consumer).
+    base: Amount,
+    /// What the hub can still pay this provider from it beyond `base`.
+    available: Amount,
 }
 
 /// The provider role: shared by the acceptor tasks.
@@ -69,6 +100,7 @@ pub struct Provider {
     config: SessionConfig,
     flow_slots: Arc<tokio::sync::Semaphore>,
     control_slots: Arc<tokio::sync::Semaphore>,
+    payments: Payments,
 }
 
 impl Provider {
@@ -76,10 +108,12 @@ impl Provider {
         exit: Exit,
         caps: ExitCaps,
         own_offer: tokio::sync::watch::Receiver<Option<Offer>>,
+        payments: Payments,
     ) -> Arc<Self> {
         Arc::new(Provider {
             exit,
             caps,
+            payments,
             sessions: Mutex::new(HashMap::new()),
             own_offer,
             config: SessionConfig::default(),
@@ -158,6 +192,7 @@ impl Provider {
                     flows: s.flows.load(Ordering::Relaxed),
                     duration_secs: duration.as_secs(),
                     earned: s.price.cost(s.meter.total(), duration),
+                    paid: Amount::from_nano(s.paid.load(Ordering::Relaxed)),
                 }
             })
             .collect()
@@ -176,6 +211,62 @@ impl Provider {
             return Err(SessionRefusal::PriceChanged);
         }
         Ok(())
+    }
+
+    /// Checks the escrow a paid session's Open names, at its hub, before the first byte:
+    /// the hub must be one this provider accepts, the channel the consumer's own, not
+    /// overdrawn, and with something left beyond what this provider already holds from it.
+    async fn check_escrow(
+        &self,
+        consumer: NodeId,
+        pay: Option<&PayTerms>,
+    ) -> Result<Escrow, SessionRefusal> {
+        let Some(pay) = pay else {
+            debug!(consumer = %consumer.short(), "refusing a paid session that names no escrow");
+            return Err(SessionRefusal::NoEscrow);
+        };
+        let accepts = &self.payments.accept_hubs;
+        if !accepts.is_empty() && !accepts.contains(&pay.hub) {
+            debug!(hub = %pay.hub.short(), "refusing a session paid at a hub not accepted here");
+            return Err(SessionRefusal::NoEscrow);
+        }
+        let (hub, channel) = (pay.hub, ChannelId(pay.channel));
+        let wallet = &self.payments.wallet;
+        let view = match tokio::time::timeout(ESCROW_CHECK_TIMEOUT, wallet.channel_at(hub, channel))
+            .await
+        {
+            Ok(Ok(view)) => view,
+            Ok(Err(e)) => {
+                debug!(hub = %hub.short(), "escrow check failed: {e}");
+                return Err(SessionRefusal::NoEscrow);
+            }
+            Err(_) => {
+                debug!(hub = %hub.short(), "escrow check timed out");
+                return Err(SessionRefusal::NoEscrow);
+            }
+        };
+        if view.consumer != consumer || view.overdrawn {
+            debug!(
+                consumer = %consumer.short(),
+                overdrawn = view.overdrawn,
+                "refusing a session on a channel that is not the consumer's or is overdrawn"
+            );
+            return Err(SessionRefusal::NoEscrow);
+        }
+        let held = wallet.held_promise(hub, channel, consumer);
+        let base = held.max(view.settled);
+        // What the hub still owes this provider from the channel comes out of what is left.
+        let available = view.left.saturating_sub(base.saturating_sub(view.settled));
+        if available == Amount::ZERO {
+            debug!(consumer = %consumer.short(), "refusing a session: its escrow is used up");
+            return Err(SessionRefusal::NoEscrow);
+        }
+        Ok(Escrow {
+            hub,
+            channel,
+            base,
+            available,
+        })
     }
 
     /// Registers a session if the caps allow it. Checking and inserting under one lock, so
@@ -229,7 +320,10 @@ impl Provider {
             }
         };
         let ControlMsg::Open {
-            session: id, price, ..
+            session: id,
+            price,
+            pay,
+            ..
         } = &open
         else {
             return;
@@ -241,13 +335,18 @@ impl Provider {
             stop: cancel.child_token(),
             opened: Instant::now(),
             price: *price,
+            paid: Arc::new(AtomicU64::new(0)),
         });
-        let decision = self
-            .decide(&open)
-            .and_then(|()| self.admit(*id, served.clone()));
-        // Nothing held from any channel yet: payments are wired in later.
-        let Ok(mut session) =
-            Session::provider(Instant::now(), &open, decision, Amount::ZERO, self.config)
+        let mut escrow = None;
+        let mut decision = self.decide(&open);
+        if decision.is_ok() && !window::is_free(*price) {
+            decision = self.check_escrow(peer, pay.as_ref()).await.map(|e| {
+                escrow = Some(e);
+            });
+        }
+        let decision = decision.and_then(|()| self.admit(*id, served.clone()));
+        let base = escrow.map_or(Amount::ZERO, |e| e.base);
+        let Ok(mut session) = Session::provider(Instant::now(), &open, decision, base, self.config)
         else {
             if decision.is_ok() {
                 self.forget(*id);
@@ -263,7 +362,7 @@ impl Provider {
             let _ = stream.shutdown().await;
             return;
         }
-        info!(session = %id, "session opened");
+        info!(session = %id, paid = escrow.is_some(), "session opened");
         let (close_tx, close_rx) = mpsc::channel(1);
         // Node shutdown closes the session politely.
         let stop = served.stop.clone();
@@ -272,24 +371,50 @@ impl Provider {
             let _ = close_tx.send(CloseReason::Shutdown).await;
         });
         let meter = served.meter.clone();
+        let mut billing = escrow.map(|e| {
+            let terms = PayeeTerms {
+                session: id.0,
+                consumer: peer,
+                hub: e.hub,
+                channel: e.channel,
+                price: *price,
+                base: e.base,
+                escrow_available: e.available,
+            };
+            let payee = Payee::new(
+                Instant::now(),
+                terms,
+                self.payments.identity.clone(),
+                billing::payee_config(),
+            );
+            Billed::new(
+                payee,
+                self.payments.wallet.clone(),
+                meter.clone(),
+                served.paid.clone(),
+            )
+        });
         drive(
             session,
             stream,
             FrameReader::new(MAX_CONTROL_MSG),
             close_rx,
             meter,
+            &mut billing,
             |ev| match ev {
                 SessionEvent::Closed { reason, by_peer } => {
                     info!(session = %id, by_peer, "session closed: {reason}");
                 }
-                // Ignored until payments are wired in: this provider does not bill yet.
-                SessionEvent::Promise(_) => debug!(session = %id, "ignoring a promise"),
+                SessionEvent::Promise(_) => {}
                 SessionEvent::Opened | SessionEvent::Refused(_) | SessionEvent::Invoice(_) => {}
             },
         )
         .await;
         closer.abort();
         served.stop.cancel();
+        if let Some(billed) = billing {
+            billed.finish().await;
+        }
         self.forget(id);
     }
 
@@ -446,8 +571,34 @@ mod tests {
         }
     }
 
-    #[test]
-    fn sessions_are_refused_with_the_right_reason() {
+    /// Payments over a memory network with no listener: enough for the parts that do not
+    /// reach a hub.
+    async fn payments() -> (Payments, CancellationToken) {
+        let identity = warren_types::Identity::generate();
+        let mut net = warren_net::NetConfig::new(identity.clone());
+        net.transport = warren_net::TransportKind::Memory;
+        net.listen = vec![];
+        net.mdns = false;
+        net.kad_bootstrap_interval = None;
+        net.relay_server = false;
+        net.autonat = false;
+        let market = Arc::new(crate::market::Market::new());
+        let cancel = CancellationToken::new();
+        let (net, _task) = Network::spawn(net, market.clone(), cancel.clone())
+            .await
+            .unwrap();
+        let wallet = Wallet::open(identity.node_id(), net, market, None, None).unwrap();
+        let payments = Payments {
+            identity,
+            wallet: Arc::new(wallet),
+            accept_hubs: vec![],
+        };
+        (payments, cancel)
+    }
+
+    #[tokio::test]
+    async fn sessions_are_refused_with_the_right_reason() {
+        let (payments, stop_net) = payments().await;
         let price = Price {
             per_gib: warren_types::Amount::from_nano(5),
             per_hour: warren_types::Amount::from_nano(7),
@@ -458,7 +609,7 @@ mod tests {
             ..ExitCaps::default()
         };
         let (offers, rx) = tokio::sync::watch::channel(None);
-        let p = Provider::new(Exit::new(policy), caps, rx);
+        let p = Provider::new(Exit::new(policy), caps, rx, payments.clone());
         assert_eq!(p.decide(&open(price)), Err(SessionRefusal::NotProviding));
         offers.send_replace(Some(offer(price)));
         assert_eq!(p.decide(&open(price)), Ok(()));
@@ -475,6 +626,7 @@ mod tests {
                 stop: CancellationToken::new(),
                 opened: Instant::now(),
                 price,
+                paid: Arc::new(AtomicU64::new(0)),
             })
         };
         let alice = warren_types::Identity::generate().node_id();
@@ -490,6 +642,7 @@ mod tests {
             Exit::new(ExitPolicy::new(&ExitRules::default(), vec![], vec![]).unwrap()),
             ExitCaps::default(),
             tokio::sync::watch::channel(None).1,
+            payments.clone(),
         );
         assert_eq!(roomy.admit(SessionId([1; 16]), served(alice)), Ok(()));
         assert_eq!(
@@ -502,5 +655,31 @@ mod tests {
             Err(SessionRefusal::AtCapacity)
         );
         assert_eq!(roomy.sessions().len(), 2);
+
+        // A priced Open that names no escrow, or a hub this provider does not accept, is
+        // refused before anyone is asked.
+        let alice = warren_types::Identity::generate().node_id();
+        assert_eq!(
+            p.check_escrow(alice, None).await,
+            Err(SessionRefusal::NoEscrow)
+        );
+        let picky = Provider::new(
+            Exit::new(ExitPolicy::new(&ExitRules::default(), vec![], vec![]).unwrap()),
+            ExitCaps::default(),
+            tokio::sync::watch::channel(None).1,
+            Payments {
+                accept_hubs: vec![warren_types::Identity::generate().node_id()],
+                ..payments
+            },
+        );
+        let elsewhere = PayTerms {
+            hub: warren_types::Identity::generate().node_id(),
+            channel: [1; 16],
+        };
+        assert_eq!(
+            picky.check_escrow(alice, Some(&elsewhere)).await,
+            Err(SessionRefusal::NoEscrow)
+        );
+        stop_net.cancel();
     }
 }

@@ -176,6 +176,10 @@ impl Relay<'_> {
         if self.meter.exhausted() {
             return Err(cap_reached());
         }
+        if self.meter.is_held() {
+            self.drop_datagram(&dest, "the session is paused until paid");
+            return Ok(());
+        }
         let addr = match self.destination(&dest).await {
             Ok(addr) => addr,
             Err(refusal) => {
@@ -293,6 +297,10 @@ impl Relay<'_> {
         }
         if self.meter.exhausted() {
             return Err(cap_reached());
+        }
+        if self.meter.is_held() {
+            // Paused until paid: a reply now is lost, as datagrams may be.
+            return Ok(false);
         }
         let payload = self.buf.get(..n).unwrap_or_default();
         let peer = Target::new(Host::Ip(src.ip()), src.port());

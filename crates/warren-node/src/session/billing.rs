@@ -1,0 +1,327 @@
+//! The two payment cores of `warren-pay` as [`drive`](super::drive) runs them: [`Billed`]
+//! at the provider (invoices out, promises in, the meter's gate) and [`Paying`] at the
+//! consumer (invoices in, promises out, each promise's bound on disk before it is sent).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+use warren_pay::window::MIB;
+use warren_pay::{
+    ChannelId, Payee, PayeeConfig, PayeeEvent, Payer, PayerEvent, PromiseError, SignedInvoice,
+    SignedPromise,
+};
+use warren_session::wire::CloseReason;
+use warren_tunnel::splice::Meter;
+use warren_types::{Amount, NodeId};
+
+use super::Billing;
+use crate::wallet::Wallet;
+
+/// The provider keeps the best promise of a session in the wallet at least this often, so a
+/// crash loses at most this much of its earnings.
+const KEEP_EVERY: Duration = Duration::from_secs(1);
+/// A provider settles at its hub on its own once this much is promised to it and unsettled.
+pub const SETTLE_THRESHOLD: Amount = Amount::from_nano(warren_types::amount::NANO_PER_WRN);
+/// The consumer wakes this often to re-check an invoice that was too high while the bytes
+/// in flight arrive.
+const RECHECK: Duration = Duration::from_millis(50);
+/// A consumer records, before promising above it, a bound this far above the promise, so it
+/// writes its wallet about once per this much spend (at 1 WRN/GiB, once per 32 MiB) rather
+/// than for every promise. A crash can cost it at most this much with one provider: the
+/// next session starts from the bound, not from the promise.
+const RESERVE_STEP: Amount = Amount::from_nano(warren_types::amount::NANO_PER_WRN / 32);
+
+/// The payment core's timers as the node runs them: invoices after 2 MiB (half the largest
+/// window, so an honest consumer's promise arrives before the gate closes), no more than
+/// 100 a second unless 4 MiB went by.
+pub fn payee_config() -> PayeeConfig {
+    PayeeConfig {
+        invoice_bytes: 2 * MIB,
+        min_invoice_gap: Duration::from_millis(10),
+        ..PayeeConfig::default()
+    }
+}
+
+/// The provider's side of a paid session.
+pub(crate) struct Billed {
+    payee: Payee,
+    wallet: Arc<Wallet>,
+    meter: Arc<Meter>,
+    /// The best promise not yet handed to the wallet, and when it last took one.
+    unkept: Option<SignedPromise>,
+    kept_at: Instant,
+    closing: Option<CloseReason>,
+    /// What the promises cover of the session, for the API.
+    paid: Arc<AtomicU64>,
+}
+
+impl Billed {
+    pub(crate) fn new(
+        payee: Payee,
+        wallet: Arc<Wallet>,
+        meter: Arc<Meter>,
+        paid: Arc<AtomicU64>,
+    ) -> Self {
+        let billed = Billed {
+            payee,
+            wallet,
+            meter,
+            paid,
+            unkept: None,
+            kept_at: Instant::now(),
+            closing: None,
+        };
+        billed.gate();
+        billed
+    }
+
+    /// Sets the flows' gate from the core, and asks to be woken a MiB of traffic on (or at
+    /// the gate), so invoices follow the traffic however fast it goes.
+    fn gate(&self) {
+        self.paid.store(self.payee.paid().nano(), Ordering::Relaxed);
+        let limit = self.payee.byte_limit();
+        self.meter.set_limit(limit);
+        let total = self.meter.total();
+        if total < limit {
+            self.meter
+                .set_watermark(total.saturating_add(MIB).min(limit));
+        }
+    }
+
+    /// Hands the best promise to the wallet (kept on disk for settlement).
+    async fn keep(&mut self) {
+        let Some(promise) = self.unkept.take() else {
+            return;
+        };
+        self.kept_at = Instant::now();
+        let wallet = self.wallet.clone();
+        match tokio::task::spawn_blocking(move || wallet.add_promise(promise)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!("could not keep a promise for settlement: {e}"),
+            Err(e) => warn!("could not keep a promise for settlement: {e}"),
+        }
+        if self.wallet.earned_unsettled() >= SETTLE_THRESHOLD {
+            settle_in_background(self.wallet.clone());
+        }
+    }
+
+    /// At the session's end: keeps the last promise and settles what is held.
+    pub(crate) async fn finish(mut self) {
+        self.meter.set_limit(self.meter.total());
+        if let Some(p) = self.payee.latest_promise() {
+            self.unkept = Some(p.clone());
+        }
+        self.keep().await;
+        settle_in_background(self.wallet.clone());
+    }
+}
+
+/// Settles every held promise on a task of its own; the wallet runs one settlement at a time.
+pub(crate) fn settle_in_background(wallet: Arc<Wallet>) {
+    tokio::spawn(async move {
+        match wallet.settle().await {
+            Ok(report) => {
+                for e in report.errors {
+                    warn!("settlement: {e}");
+                }
+            }
+            Err(e) => warn!("settlement failed: {e}"),
+        }
+    });
+}
+
+impl Billing for Billed {
+    fn on_record(&mut self, now: Instant, record: &[u8]) {
+        let promise = match SignedPromise::from_bytes(record) {
+            Ok(p) => p,
+            Err(e) => {
+                debug!("unreadable promise: {e}");
+                return;
+            }
+        };
+        match self.payee.handle_promise(now, &promise) {
+            Ok(()) => self.unkept = Some(promise),
+            Err(PromiseError::NotNewer { .. }) => {}
+            Err(e) => debug!("promise refused: {e}"),
+        }
+        self.gate();
+    }
+
+    fn on_traffic(&mut self, now: Instant, meter: &Meter) {
+        self.payee.on_traffic(now, meter.up(), meter.down());
+        if let Some(PayeeEvent::Unpaid { owed, paid }) = self.payee.poll_event() {
+            info!(%owed, %paid, "the consumer stopped paying; ending the session");
+            self.closing = Some(CloseReason::Unpaid);
+        }
+        self.gate();
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.payee.handle_timeout(now);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let keep = self.unkept.as_ref().map(|_| self.kept_at + KEEP_EVERY);
+        match (self.payee.poll_timeout(), keep) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    async fn prepare(&mut self) {
+        if self.unkept.is_some() && self.kept_at.elapsed() >= KEEP_EVERY {
+            self.keep().await;
+        }
+    }
+
+    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.payee
+            .poll_transmit()
+            .map(|i: SignedInvoice| i.to_bytes())
+    }
+
+    fn poll_close(&mut self) -> Option<CloseReason> {
+        self.closing.take()
+    }
+}
+
+/// The consumer's side of a paid session.
+pub(crate) struct Paying {
+    payer: Payer,
+    wallet: Arc<Wallet>,
+    hub: NodeId,
+    channel: ChannelId,
+    provider: NodeId,
+    /// What the wallet has on disk as this provider's bound.
+    reserved: Amount,
+    /// A promise waiting for its bound to reach the disk.
+    outgoing: Option<(SignedPromise, Amount)>,
+    /// The session's promised amount (beyond its base), for the status.
+    promised: Arc<AtomicU64>,
+    last_now: Instant,
+    closing: Option<CloseReason>,
+}
+
+impl Paying {
+    pub(crate) fn new(
+        payer: Payer,
+        wallet: Arc<Wallet>,
+        reserved: Amount,
+        promised: Arc<AtomicU64>,
+    ) -> Self {
+        let terms = payer.terms().clone();
+        Paying {
+            payer,
+            wallet,
+            hub: terms.hub,
+            channel: terms.channel,
+            provider: terms.provider,
+            reserved,
+            outgoing: None,
+            promised,
+            last_now: Instant::now(),
+            closing: None,
+        }
+    }
+
+    fn take_events(&mut self) {
+        while let Some(ev) = self.payer.poll_event() {
+            match ev {
+                PayerEvent::Overbilled { invoiced, allowed } => {
+                    warn!(%invoiced, %allowed, "the provider billed above the tolerance; ending the session");
+                    self.closing = Some(CloseReason::Overbilled);
+                }
+                PayerEvent::EscrowExhausted {
+                    accepted,
+                    available,
+                } => warn!(
+                    %accepted, %available,
+                    "the escrow is used up; the provider will stop carrying traffic (`warren wallet topup` adds more)"
+                ),
+            }
+        }
+        if let Some(p) = self.payer.poll_transmit() {
+            // Promises are cumulative: a newer one replaces one not yet sent.
+            if let Ok(promise) = p.verify() {
+                self.outgoing = Some((p, promise.cumulative));
+            }
+        }
+    }
+}
+
+impl Billing for Paying {
+    fn on_record(&mut self, now: Instant, record: &[u8]) {
+        self.last_now = now;
+        let invoice = match SignedInvoice::from_bytes(record) {
+            Ok(i) => i,
+            Err(e) => {
+                debug!("unreadable invoice: {e}");
+                return;
+            }
+        };
+        if let Err(e) = self.payer.handle_invoice(now, &invoice) {
+            debug!("invoice refused: {e}");
+        }
+        self.take_events();
+    }
+
+    fn on_traffic(&mut self, now: Instant, meter: &Meter) {
+        self.last_now = now;
+        self.payer.on_traffic(now, meter.up(), meter.down());
+        self.take_events();
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = now;
+        self.payer.handle_timeout(now);
+        self.take_events();
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let recheck = self
+            .payer
+            .waiting_invoice()
+            .map(|_| self.last_now + RECHECK);
+        match (self.payer.poll_timeout(), recheck) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    async fn prepare(&mut self) {
+        let Some((_, cumulative)) = &self.outgoing else {
+            return;
+        };
+        if *cumulative <= self.reserved {
+            return;
+        }
+        let bound = cumulative.checked_add(RESERVE_STEP).unwrap_or(*cumulative);
+        match self
+            .wallet
+            .reserve(self.hub, self.channel, self.provider, bound)
+            .await
+        {
+            Ok(()) => self.reserved = bound,
+            // Not sent until it is on disk: the provider pauses, and the next turn retries.
+            Err(e) => warn!("could not record a promise before sending it: {e}"),
+        }
+    }
+
+    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        match &self.outgoing {
+            Some((_, cumulative)) if *cumulative <= self.reserved => {
+                let (promise, _) = self.outgoing.take()?;
+                self.promised
+                    .store(self.payer.promised().nano(), Ordering::Relaxed);
+                Some(promise.to_bytes())
+            }
+            _ => None,
+        }
+    }
+
+    fn poll_close(&mut self) -> Option<CloseReason> {
+        self.closing.take()
+    }
+}

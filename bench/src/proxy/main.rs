@@ -409,6 +409,9 @@ fn run(args: &[String]) -> Result<(), String> {
                 "0.001",
                 "--exit-allow",
                 "127.0.0.0/8",
+                // Its own payment hub: the consumer pays as it goes, as in real use.
+                "--hub",
+                "--faucet",
             ],
         )?;
         let socks = SocketAddrV4::new(Ipv4Addr::LOCALHOST, procs::free_port()?);
@@ -436,6 +439,13 @@ fn run(args: &[String]) -> Result<(), String> {
             "warren: the offer reached the consumer after {} ms",
             t.elapsed().as_millis()
         );
+        let out = consumer.cli(&["wallet", "topup", "100"])?;
+        if !out.status.success() {
+            return Err(format!(
+                "`warren wallet topup` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
         for i in 0..a.connects.max(1) {
             if i > 0 {
                 let out = consumer.cli(&["disconnect"])?;

@@ -350,11 +350,12 @@ fn print_session(v: &SessionView) {
         v.state, v.provider, v.country, v.price_per_gib, v.price_per_hour
     );
     println!(
-        "           {} up, {} down, {} s, spent {} WRN{}",
+        "           {} up, {} down, {} s, spent {} WRN, promised {} WRN{}",
         human_bytes(v.bytes_up),
         human_bytes(v.bytes_down),
         v.duration_secs,
         v.spent,
+        v.promised,
         if v.failovers > 0 {
             format!(", {} failover(s)", v.failovers)
         } else {

@@ -27,11 +27,11 @@ pub const SETTLE_THRESHOLD: Amount = Amount::from_nano(warren_types::amount::NAN
 /// The consumer wakes this often to re-check an invoice that was too high while the bytes
 /// in flight arrive.
 const RECHECK: Duration = Duration::from_millis(50);
-/// A consumer records, before promising above it, a bound this far above the promise, so it
-/// writes its wallet about once per this much spend (at 1 WRN/GiB, once per 32 MiB) rather
-/// than for every promise. A crash can cost it at most this much with one provider: the
-/// next session starts from the bound, not from the promise.
-const RESERVE_STEP: Amount = Amount::from_nano(warren_types::amount::NANO_PER_WRN / 32);
+/// A consumer records, before promising above it, a bound this many bytes' worth above the
+/// promise, so it writes its wallet once per 32 MiB of traffic rather than for every
+/// promise. A crash can cost it at most this much with one provider: the next session's
+/// escrow is counted from the bound, not from the promise.
+const RESERVE_BYTES: u64 = 32 * MIB;
 
 /// The payment core's timers as the node runs them: invoices after 2 MiB (half the largest
 /// window, so an honest consumer's promise arrives before the gate closes), no more than
@@ -297,7 +297,13 @@ impl Billing for Paying {
         if *cumulative <= self.reserved {
             return;
         }
-        let bound = cumulative.checked_add(RESERVE_STEP).unwrap_or(*cumulative);
+        let step = self
+            .payer
+            .terms()
+            .price
+            .cost(RESERVE_BYTES, Duration::ZERO)
+            .max(Amount::from_nano(1));
+        let bound = cumulative.checked_add(step).unwrap_or(*cumulative);
         match self
             .wallet
             .reserve(self.hub, self.channel, self.provider, bound)

@@ -98,6 +98,8 @@ pub struct NodeConfig {
     /// Hubs whose escrow this node accepts as a provider; empty accepts every hub it has
     /// seen (`--accept-hub ID`).
     pub accept_hubs: Vec<NodeId>,
+    /// How often a provider looks again at a paid session's escrow at the hub.
+    pub escrow_recheck: Duration,
 }
 
 /// Where a proxy front listens.
@@ -121,6 +123,7 @@ impl NodeConfig {
             http_proxy: None,
             hub: None,
             accept_hubs: Vec::new(),
+            escrow_recheck: session::billing::RECHECK_ESCROW,
         }
     }
 }
@@ -260,6 +263,7 @@ impl NodeHandle {
                 identity: identity.clone(),
                 wallet: wallet.clone(),
                 accept_hubs: config.accept_hubs.clone(),
+                recheck: config.escrow_recheck,
             },
         );
         let socks_addr = socks_listener.as_ref().and_then(|l| l.local_addr().ok());

@@ -30,7 +30,13 @@ struct Net {
 }
 
 async fn net() -> Net {
+    net_with(warren_node::session::billing::RECHECK_ESCROW).await
+}
+
+/// A provider that looks at a paid session's escrow again every `recheck`.
+async fn net_with(recheck: Duration) -> Net {
     let mut config = NodeConfig::new(memory_net(Identity::generate()));
+    config.escrow_recheck = recheck;
     let mut provide = ProvideConfig::new(one_wrn_per_gib(), "DE".parse::<Country>().unwrap());
     provide.offer_lifetime = Duration::from_secs(600);
     config.provide = Some(provide);
@@ -61,7 +67,11 @@ async fn net() -> Net {
 impl Net {
     /// A consumer that has seen both offers, topped up with `nano` (none for 0).
     async fn consumer(&self, nano: u64) -> NodeHandle {
-        let mut n = memory_net(Identity::generate());
+        self.consumer_as(Identity::generate(), nano).await
+    }
+
+    async fn consumer_as(&self, identity: Identity, nano: u64) -> NodeHandle {
+        let mut n = memory_net(identity);
         n.bootstrap = self.provider.dial_addrs();
         let node = NodeHandle::spawn(NodeConfig::new(n)).await.unwrap();
         let (hub, provider) = (self.hub.node_id(), self.provider.node_id());
@@ -261,6 +271,74 @@ async fn a_consumer_whose_escrow_runs_out_gets_at_most_the_window_beyond_it() {
         other => panic!("no money should open no session: {other:?}"),
     }
     for node in [c, broke, net.provider, net.hub] {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_stops_carrying_once_the_escrow_is_spent_elsewhere() {
+    let net = net_with(Duration::from_millis(500)).await;
+    let me = Identity::generate();
+    // 10 WRN: 10 GiB at this price, so only the re-check can stop a 2 GiB download.
+    let escrow = 10 * NANO_PER_WRN;
+    let c = net.consumer_as(me.clone(), escrow).await;
+    c.connect(ConnectRequest::default()).await.unwrap();
+    let mut flow = c
+        .flow_opener()
+        .open(target(server(2 << 30).await), FlowProto::Tcp)
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    flow.read_exact(&mut buf).await.unwrap();
+
+    // The consumer (its key) promises the whole channel to someone else, who settles it.
+    let channel = c.wallet().channel(net.hub_id()).unwrap();
+    let promise = warren_pay::Promise {
+        hub: net.hub_id(),
+        channel,
+        consumer: me.node_id(),
+        provider: Identity::generate().node_id(),
+        cumulative: Amount::from_nano(escrow),
+    };
+    let signed = warren_pay::SignedPromise::sign(&promise, &me).unwrap();
+    let settled = net
+        .hub
+        .wallet()
+        .request(
+            net.hub_id(),
+            warren_pay::rpc::HubRequest::Settle {
+                promises: vec![signed.to_bytes()],
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&settled, warren_pay::rpc::HubResponse::Settled(r) if matches!(&r[0], warren_pay::rpc::SettleResult::Settled(v) if v.escrow_left == Amount::ZERO)),
+        "{settled:?}"
+    );
+    // The provider sees the channel empty on its next look, stops within the window and
+    // ends the session as unpaid.
+    let before = net.provider.served()[0].bytes_down;
+    let after = drain(flow).await as u64;
+    until("the provider ends the session", async || {
+        net.provider.served().is_empty()
+    })
+    .await;
+    // The download never completed: the provider stopped at most W_max past what the hub
+    // could still pay, a re-check (0.5 s here) after the channel emptied.
+    assert!(
+        before + after < 2 << 30,
+        "carried the whole download ({before} + {after})"
+    );
+    // What the consumer promised this provider is worth nothing now: the hub paid the
+    // first settlement in full and marks nothing more for this one.
+    let report = net.provider.wallet().settle().await.unwrap();
+    assert_eq!(report.earned, Amount::ZERO, "{report:?}");
+    assert_eq!(
+        net.provider.wallet().view().await.unwrap().earned_settled,
+        Amount::ZERO
+    );
+    for node in [c, net.provider, net.hub] {
         node.shutdown().await;
     }
 }

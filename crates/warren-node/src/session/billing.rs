@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use tracing::{debug, info, warn};
+use warren_pay::rpc::ChannelView;
 use warren_pay::window::MIB;
 use warren_pay::{
     ChannelId, Payee, PayeeConfig, PayeeEvent, Payer, PayerEvent, PromiseError, SignedInvoice,
@@ -33,6 +35,20 @@ const RECHECK: Duration = Duration::from_millis(50);
 /// escrow is counted from the bound, not from the promise.
 const RESERVE_BYTES: u64 = 32 * MIB;
 
+/// How often, by default, a provider looks again at a paid session's channel at the hub: a
+/// consumer that promised the same escrow to several providers shows as a channel drained
+/// by the others' settlements, or overdrawn, and the session's credit shrinks to match.
+pub const RECHECK_ESCROW: Duration = Duration::from_secs(10);
+
+/// What the hub can still pay this provider from a channel beyond `base` (the promise held
+/// when the session opened): what is left, plus what it already settled beyond `base`.
+pub(crate) fn available_beyond(view: &ChannelView, base: Amount) -> Amount {
+    view.left
+        .checked_add(view.settled)
+        .unwrap_or(Amount::from_nano(u64::MAX))
+        .saturating_sub(base)
+}
+
 /// The payment core's timers as the node runs them: invoices after 2 MiB (half the largest
 /// window, so an honest consumer's promise arrives before the gate closes), no more than
 /// 100 a second unless 4 MiB went by.
@@ -55,6 +71,9 @@ pub(crate) struct Billed {
     closing: Option<CloseReason>,
     /// What the promises cover of the session, for the API.
     paid: Arc<AtomicU64>,
+    recheck: Duration,
+    next_check: Instant,
+    check: Option<tokio::task::JoinHandle<Result<ChannelView, String>>>,
 }
 
 impl Billed {
@@ -69,12 +88,55 @@ impl Billed {
             wallet,
             meter,
             paid,
+            recheck: RECHECK_ESCROW,
+            next_check: Instant::now() + RECHECK_ESCROW,
+            check: None,
             unkept: None,
             kept_at: Instant::now(),
             closing: None,
         };
         billed.gate();
         billed
+    }
+
+    pub(crate) fn recheck_every(mut self, every: Duration) -> Self {
+        self.recheck = every;
+        self.next_check = Instant::now() + every;
+        self
+    }
+
+    /// Looks at the channel again at the hub, on a task of its own; its answer is taken on a
+    /// later turn.
+    fn recheck(&mut self, now: Instant) {
+        if let Some(task) = &self.check
+            && task.is_finished()
+            && let Some(task) = self.check.take()
+        {
+            let terms = self.payee.terms();
+            match task.now_or_never() {
+                Some(Ok(Ok(view))) => {
+                    let available = available_beyond(&view, terms.base);
+                    if view.overdrawn || available < terms.escrow_available {
+                        debug!(%available, overdrawn = view.overdrawn, "the channel holds less than at the start");
+                    }
+                    self.payee.set_escrow_available(now, available);
+                    self.gate();
+                }
+                Some(Ok(Err(e))) => debug!("escrow re-check failed: {e}"),
+                _ => {}
+            }
+        }
+        if self.check.is_none() && now >= self.next_check {
+            self.next_check = now + self.recheck;
+            let wallet = self.wallet.clone();
+            let (hub, channel) = (self.payee.terms().hub, self.payee.terms().channel);
+            self.check = Some(tokio::spawn(async move {
+                wallet
+                    .channel_at(hub, channel)
+                    .await
+                    .map_err(|e| e.to_string())
+            }));
+        }
     }
 
     /// Sets the flows' gate from the core, and asks to be woken a MiB of traffic on (or at
@@ -109,6 +171,9 @@ impl Billed {
 
     /// At the session's end: keeps the last promise and settles what is held.
     pub(crate) async fn finish(mut self) {
+        if let Some(task) = self.check.take() {
+            task.abort();
+        }
         self.meter.set_limit(self.meter.total());
         if let Some(p) = self.payee.latest_promise() {
             self.unkept = Some(p.clone());
@@ -164,16 +229,22 @@ impl Billing for Billed {
 
     fn poll_timeout(&self) -> Option<Instant> {
         let keep = self.unkept.as_ref().map(|_| self.kept_at + KEEP_EVERY);
-        match (self.payee.poll_timeout(), keep) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        // A check under way is looked at again shortly; else the next one is due.
+        let check = match &self.check {
+            Some(_) => Instant::now() + Duration::from_millis(100),
+            None => self.next_check,
+        };
+        [self.payee.poll_timeout(), keep, Some(check)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     async fn prepare(&mut self) {
         if self.unkept.is_some() && self.kept_at.elapsed() >= KEEP_EVERY {
             self.keep().await;
         }
+        self.recheck(Instant::now());
     }
 
     fn poll_transmit(&mut self) -> Option<Vec<u8>> {

@@ -77,6 +77,9 @@ pub struct Payments {
     pub wallet: Arc<Wallet>,
     /// Hubs whose escrow this provider accepts; empty accepts every hub it has seen.
     pub accept_hubs: Vec<NodeId>,
+    /// How often a paid session's channel is looked at again at the hub (another provider
+    /// may have drained or overdrawn it).
+    pub recheck: Duration,
 }
 
 /// A consumer's escrow as checked before the first byte.
@@ -255,8 +258,7 @@ impl Provider {
         }
         let held = wallet.held_promise(hub, channel, consumer);
         let base = held.max(view.settled);
-        // What the hub still owes this provider from the channel comes out of what is left.
-        let available = view.left.saturating_sub(base.saturating_sub(view.settled));
+        let available = billing::available_beyond(&view, base);
         if available == Amount::ZERO {
             debug!(consumer = %consumer.short(), "refusing a session: its escrow is used up");
             return Err(SessionRefusal::NoEscrow);
@@ -393,6 +395,7 @@ impl Provider {
                 meter.clone(),
                 served.paid.clone(),
             )
+            .recheck_every(self.payments.recheck)
         });
         drive(
             session,
@@ -592,6 +595,7 @@ mod tests {
             identity,
             wallet: Arc::new(wallet),
             accept_hubs: vec![],
+            recheck: billing::RECHECK_ESCROW,
         };
         (payments, cancel)
     }

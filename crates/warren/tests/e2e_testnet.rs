@@ -130,6 +130,19 @@ fn testnet_offers_several_countries_and_stops_cleanly() {
         through["session"]["bytes_down"].as_u64().is_some(),
         "{through}"
     );
+    // The testnet's providers charge (per GiB and per hour): the consumer pays as it goes,
+    // from the escrow it started with.
+    let promised = support::eventually(Duration::from_secs(15), || {
+        let out = warren(dir.path(), api.parse().unwrap(), &["status", "--json"]);
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let p = s["session"]["promised"].as_u64()?;
+        (p > 0).then_some(p)
+    })
+    .expect("the consumer never paid its provider");
+    assert!(
+        promised < 10_000_000,
+        "{promised} nano-WRN for a few seconds"
+    );
 
     let pid = testnet.id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();

@@ -1224,7 +1224,7 @@ fn the_byte_limit_holds_a_consumer_that_never_pays_to_the_largest_window() {
     let w_max = window::credit_window(p, window::WINDOW_MAX_BYTES);
     let limit = payee.byte_limit();
     assert_eq!(limit, window::bytes_within(p, w_max, 0));
-    assert!(limit >= 4 * MIB - 8 && limit <= 4 * MIB + 8, "{limit}");
+    assert!((4 * MIB - 8..=4 * MIB + 8).contains(&limit), "{limit}");
     // A flow that reads up to the gate never owes more than W_max.
     payee.on_traffic(start + ms(100), limit, 0);
     assert!(payee.unpaid() <= w_max);

@@ -124,12 +124,20 @@ pub struct ErrorDetail {
 
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
-    message: String,
+    pub(crate) status: StatusCode,
+    pub(crate) kind: &'static str,
+    pub(crate) message: String,
 }
 
 impl ApiError {
+    pub(crate) fn new(status: StatusCode, kind: &'static str, message: String) -> Self {
+        Self {
+            status,
+            kind,
+            message,
+        }
+    }
+
     fn bad_request(message: String) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
@@ -151,7 +159,16 @@ impl IntoResponse for ApiError {
     }
 }
 
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
+/// The API's routes behind the [`guard`](crate::api_guard): Host and Origin checks on
+/// every request, the token on every state-changing one.
+pub(crate) fn router(shared: Arc<Shared>, guard: Arc<crate::api_guard::Guard>) -> Router {
+    routes(shared).layer(axum::middleware::from_fn_with_state(
+        guard,
+        crate::api_guard::guard,
+    ))
+}
+
+fn routes(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/api/v1/status", get(get_status))
         .route("/api/v1/offers", get(get_offers))

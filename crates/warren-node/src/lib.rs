@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod api;
+pub mod api_guard;
 pub mod catalog;
 pub mod config;
 pub mod hub;
@@ -190,6 +191,7 @@ pub struct NodeHandle {
     data_dir: Option<PathBuf>,
     identity: warren_types::Identity,
     provider: Option<(CancellationToken, JoinHandle<()>)>,
+    api_token: api_guard::ApiToken,
 }
 
 impl NodeHandle {
@@ -327,8 +329,20 @@ impl NodeHandle {
                 cancel.clone(),
             )));
         }
-        if let Some(listener) = api_listener {
-            let router = api::router(shared.clone());
+        let api_token = api_guard::ApiToken::generate();
+        if let (Some(dir), Some(_)) = (&config.data_dir, &api_listener)
+            && let Err(e) = api_token.write_to(dir)
+        {
+            warn!("could not write the API token to {}: {e}", dir.display());
+        }
+        if let Some(listener) = api_listener
+            && let Some(addr) = api_addr
+        {
+            let guard = Arc::new(api_guard::Guard {
+                token: api_token.clone(),
+                addr,
+            });
+            let router = api::router(shared.clone(), guard);
             let cancel = cancel.clone();
             tasks.push(tokio::spawn(async move {
                 let served = axum::serve(listener, router)
@@ -352,6 +366,7 @@ impl NodeHandle {
             data_dir: config.data_dir,
             identity,
             provider: None,
+            api_token,
         };
         match config.provide {
             Some(provide) => handle.start_providing(provide).await?,
@@ -435,6 +450,11 @@ impl NodeHandle {
     /// The hub this node runs (its id, fee and faucet), if it runs one.
     pub fn hub_info(&self) -> Option<warren_pay::rpc::HubInfo> {
         self.shared.hub.as_ref().map(|h| h.info())
+    }
+
+    /// The token state-changing API calls need (also in `api.token` in the data directory).
+    pub fn api_token(&self) -> &api_guard::ApiToken {
+        &self.api_token
     }
 
     pub fn node_id(&self) -> NodeId {

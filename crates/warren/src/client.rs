@@ -7,15 +7,18 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use serde::de::DeserializeOwned;
 use warren_node::api::ErrorBody;
+use warren_node::api_guard::ApiToken;
 
 pub struct ApiClient {
     base: String,
     api: SocketAddr,
     http: reqwest::Client,
+    /// Sent with calls that change something; the node wrote it to its data directory.
+    token: Option<ApiToken>,
 }
 
 impl ApiClient {
-    pub fn new(api: SocketAddr) -> Result<Self> {
+    pub fn new(api: SocketAddr, token: Option<ApiToken>) -> Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(45))
             .connect_timeout(Duration::from_secs(3))
@@ -25,6 +28,7 @@ impl ApiClient {
             base: format!("http://{api}"),
             api,
             http,
+            token,
         })
     }
 
@@ -45,16 +49,20 @@ impl ApiClient {
         path: &str,
         body: &B,
     ) -> Result<T> {
-        self.send(
-            self.http.post(format!("{}{path}", self.base)).json(body),
-            path,
-        )
-        .await
+        let request = self.http.post(format!("{}{path}", self.base)).json(body);
+        self.send(self.authorised(request), path).await
     }
 
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.send(self.http.delete(format!("{}{path}", self.base)), path)
-            .await
+        let request = self.http.delete(format!("{}{path}", self.base));
+        self.send(self.authorised(request), path).await
+    }
+
+    fn authorised(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => request.bearer_auth(t.as_str()),
+            None => request,
+        }
     }
 
     async fn send<T: DeserializeOwned>(

@@ -26,6 +26,14 @@ fn passphrase() -> Option<String> {
         .filter(|p| !p.is_empty())
 }
 
+/// A client of the node's API, with the token the node left in the data directory.
+fn client(cli: &Cli) -> Result<ApiClient> {
+    let token = data_dir(cli)
+        .ok()
+        .and_then(|d| warren_node::api_guard::ApiToken::read_from(&d));
+    ApiClient::new(cli.api, token)
+}
+
 fn data_dir(cli: &Cli) -> Result<PathBuf> {
     if let Some(d) = &cli.data_dir {
         return Ok(d.clone());
@@ -269,9 +277,7 @@ async fn offers(cli: &Cli, filter: OffersFilter, json: bool) -> Result<()> {
     if let Some(s) = &filter.service {
         query.push(("service", s.as_str().to_string()));
     }
-    let offers: Vec<OfferView> = ApiClient::new(cli.api)?
-        .get("/api/v1/offers", &query)
-        .await?;
+    let offers: Vec<OfferView> = client(cli)?.get("/api/v1/offers", &query).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&offers)?);
         return Ok(());
@@ -300,7 +306,7 @@ async fn offers(cli: &Cli, filter: OffersFilter, json: bool) -> Result<()> {
 }
 
 async fn status(cli: &Cli, json: bool) -> Result<()> {
-    let s: Status = ApiClient::new(cli.api)?.get("/api/v1/status", &[]).await?;
+    let s: Status = client(cli)?.get("/api/v1/status", &[]).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
@@ -380,7 +386,7 @@ fn human_bytes(n: u64) -> String {
 }
 
 async fn connect(cli: &Cli, req: ConnectRequest, json: bool) -> Result<()> {
-    let client = ApiClient::new(cli.api)?;
+    let client = client(cli)?;
     let v: SessionView = client.post("/api/v1/session", &req).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -408,7 +414,7 @@ async fn connect(cli: &Cli, req: ConnectRequest, json: bool) -> Result<()> {
 }
 
 async fn disconnect(cli: &Cli, json: bool) -> Result<()> {
-    let d: Disconnected = ApiClient::new(cli.api)?.delete("/api/v1/session").await?;
+    let d: Disconnected = client(cli)?.delete("/api/v1/session").await?;
     if json {
         println!("{}", serde_json::to_string(&d)?);
     } else if d.closed {
@@ -439,7 +445,7 @@ fn print_wallet(w: &WalletView) {
 }
 
 async fn wallet(cli: &Cli, json: bool) -> Result<()> {
-    let w: WalletView = ApiClient::new(cli.api)?.get("/api/v1/wallet", &[]).await?;
+    let w: WalletView = client(cli)?.get("/api/v1/wallet", &[]).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&w)?);
     } else {
@@ -449,7 +455,7 @@ async fn wallet(cli: &Cli, json: bool) -> Result<()> {
 }
 
 async fn topup(cli: &Cli, amount: Amount, hub: Option<NodeId>, json: bool) -> Result<()> {
-    let w: WalletView = ApiClient::new(cli.api)?
+    let w: WalletView = client(cli)?
         .post("/api/v1/wallet/topup", &TopupRequest { amount, hub })
         .await?;
     if json {
@@ -464,7 +470,7 @@ async fn topup(cli: &Cli, amount: Amount, hub: Option<NodeId>, json: bool) -> Re
 }
 
 async fn settle(cli: &Cli, json: bool) -> Result<()> {
-    let r: SettleReport = ApiClient::new(cli.api)?
+    let r: SettleReport = client(cli)?
         .post("/api/v1/wallet/settle", &serde_json::json!({}))
         .await?;
     if json {
@@ -496,7 +502,7 @@ async fn settle(cli: &Cli, json: bool) -> Result<()> {
 }
 
 async fn history(cli: &Cli, limit: u32, json: bool) -> Result<()> {
-    let entries: Vec<HistoryView> = ApiClient::new(cli.api)?
+    let entries: Vec<HistoryView> = client(cli)?
         .get("/api/v1/wallet/history", &[("limit", limit.to_string())])
         .await?;
     if json {
@@ -528,6 +534,13 @@ async fn history(cli: &Cli, limit: u32, json: bool) -> Result<()> {
 async fn testnet(cli: &Cli, providers: usize, socks: SocketAddr) -> Result<()> {
     let net = Testnet::start(providers, cli.api, Some(socks)).await?;
     let api = net.consumer.api_addr().unwrap_or(cli.api);
+    // The CLI finds the consumer's API token where it looks for a node's: the data dir.
+    let token_at = data_dir(cli).and_then(|dir| {
+        net.consumer
+            .api_token()
+            .write_to(&dir)
+            .with_context(|| format!("writing the API token to {}", dir.display()))
+    });
     let proxies = warren_node::OfferFilter {
         service: Some(Service::proxy()),
         ..Default::default()
@@ -582,6 +595,13 @@ async fn testnet(cli: &Cli, providers: usize, socks: SocketAddr) -> Result<()> {
     println!("  warren --api {api} wallet topup 5");
     println!("  curl http://{api}/api/v1/offers");
     println!("  curl http://{api}/api/v1/status");
+    match token_at {
+        Ok(path) => println!(
+            "(calls that change something carry the API token from {}; the CLI reads it there)",
+            path.display()
+        ),
+        Err(e) => println!("(no API token file, so the CLI can only read: {e:#})"),
+    }
     println!();
     println!("Press Ctrl-C to stop.");
     wait_for_signal().await?;

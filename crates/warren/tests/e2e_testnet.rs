@@ -13,7 +13,11 @@ use support::{ChildGuard, free_port, lines_of, warren, warren_bin};
 fn testnet_offers_several_countries_and_stops_cleanly() {
     let api = format!("127.0.0.1:{}", free_port());
     let socks = format!("127.0.0.1:{}", free_port());
+    // The testnet leaves its consumer's API token here, where the CLI below looks.
+    let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(warren_bin())
+        .arg("--data-dir")
+        .arg(dir.path())
         .args([
             "--api",
             &api,
@@ -56,7 +60,6 @@ fn testnet_offers_several_countries_and_stops_cleanly() {
         "{text}"
     );
 
-    let dir = tempfile::tempdir().unwrap();
     let out = warren(dir.path(), api.parse().unwrap(), &["offers", "--json"]);
     assert!(
         out.status.success(),

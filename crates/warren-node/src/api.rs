@@ -181,6 +181,8 @@ fn routes(shared: Arc<Shared>) -> Router {
         .route("/api/v1/wallet/topup", post(post_topup))
         .route("/api/v1/wallet/settle", post(post_settle))
         .route("/api/v1/wallet/history", get(get_history))
+        .route("/api/v1/events", get(get_events))
+        .route("/metrics", get(get_metrics))
         .fallback(not_found)
         .with_state(shared)
 }
@@ -383,6 +385,54 @@ async fn post_topup(
 /// `POST /api/v1/wallet/settle`: hands pending promises to their hubs.
 async fn post_settle(State(shared): State<Arc<Shared>>) -> Result<Json<SettleReport>, ApiError> {
     Ok(Json(shared.wallet.settle().await?))
+}
+
+/// `GET /metrics`: Prometheus text format, `warren_` prefix.
+async fn get_metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let text = crate::telemetry::render(
+        &shared.telemetry.counters,
+        &crate::telemetry::gauges(&shared),
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// `GET /api/v1/events`: server-sent events, one per [`Event`](crate::telemetry::Event)
+/// (`event:` its type, `data:` its JSON); a `lagged` event says how many a slow reader
+/// missed. A comment every 15 s keeps idle connections open.
+async fn get_events(
+    State(shared): State<Arc<Shared>>,
+) -> axum::response::sse::Sse<
+    impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event as Sse, KeepAlive};
+    use futures::StreamExt;
+    use tokio::sync::broadcast::error::RecvError;
+    let rx = shared.telemetry.subscribe();
+    let stopped = shared.telemetry.stopped();
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let item = match rx.recv().await {
+            Ok(ev) => {
+                let json = serde_json::to_value(&ev).unwrap_or_default();
+                let kind = json["type"].as_str().unwrap_or("event").to_string();
+                Sse::default().event(kind).data(json.to_string())
+            }
+            Err(RecvError::Lagged(n)) => Sse::default()
+                .event("lagged")
+                .data(format!("{{\"type\":\"lagged\",\"missed\":{n}}}")),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok(item), rx))
+    })
+    .take_until(stopped);
+    axum::response::sse::Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
 }
 
 /// `GET /api/v1/wallet/history?limit=N` (default 50, at most 1000), newest first.

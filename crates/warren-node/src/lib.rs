@@ -9,6 +9,7 @@ pub mod keystore;
 mod market;
 mod peer_cache;
 pub mod session;
+pub mod telemetry;
 pub mod testnet;
 pub mod wallet;
 
@@ -176,6 +177,7 @@ pub(crate) struct Shared {
     /// The hub this node runs, if it runs one.
     pub hub: Option<Arc<dyn hub::HubService>>,
     pub wallet: Arc<Wallet>,
+    pub telemetry: Arc<telemetry::Telemetry>,
     /// Where the SOCKS5 and HTTP proxy fronts listen, when they run.
     pub socks_addr: Option<SocketAddr>,
     pub http_proxy_addr: Option<SocketAddr>,
@@ -250,12 +252,14 @@ impl NodeHandle {
         };
         let own_offer = watch::channel(None).0;
         let (proxy_offer, proxy_offer_rx) = watch::channel(None);
+        let telemetry = Arc::new(telemetry::Telemetry::default());
         let consumer = session::consumer::Consumer::new(
             market.clone(),
             net.clone(),
             cancel.clone(),
             identity.clone(),
             wallet.clone(),
+            telemetry.clone(),
         );
         let provider = session::provider::Provider::new(
             exit.0,
@@ -266,6 +270,7 @@ impl NodeHandle {
                 wallet: wallet.clone(),
                 accept_hubs: config.accept_hubs.clone(),
                 recheck: config.escrow_recheck,
+                telemetry: telemetry.clone(),
             },
         );
         let socks_addr = socks_listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -283,6 +288,7 @@ impl NodeHandle {
             provider,
             hub,
             wallet,
+            telemetry,
         });
 
         if let Some(hub) = &shared.hub {
@@ -322,6 +328,7 @@ impl NodeHandle {
             shared.market.clone(),
             cancel.clone(),
         )));
+        tasks.push(tokio::spawn(telemetry::run(shared.clone(), cancel.clone())));
         if let Some(dir) = &config.data_dir {
             tasks.push(tokio::spawn(peer_cache::save_loop(
                 dir.clone(),

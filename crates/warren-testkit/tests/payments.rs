@@ -37,6 +37,7 @@ async fn net() -> Net {
 async fn net_with(recheck: Duration) -> Net {
     let mut config = NodeConfig::new(memory_net(Identity::generate()));
     config.escrow_recheck = recheck;
+    config.api = Some("127.0.0.1:0".parse().unwrap());
     let mut provide = ProvideConfig::new(one_wrn_per_gib(), "DE".parse::<Country>().unwrap());
     provide.offer_lifetime = Duration::from_secs(600);
     config.provide = Some(provide);
@@ -73,7 +74,9 @@ impl Net {
     async fn consumer_as(&self, identity: Identity, nano: u64) -> NodeHandle {
         let mut n = memory_net(identity);
         n.bootstrap = self.provider.dial_addrs();
-        let node = NodeHandle::spawn(NodeConfig::new(n)).await.unwrap();
+        let mut config = NodeConfig::new(n);
+        config.api = Some("127.0.0.1:0".parse().unwrap());
+        let node = NodeHandle::spawn(config).await.unwrap();
         let (hub, provider) = (self.hub.node_id(), self.provider.node_id());
         assert!(
             node.wait_for_catalog(WAIT, |c| c.contains(&hub) && c.contains(&provider))
@@ -338,6 +341,147 @@ async fn a_provider_stops_carrying_once_the_escrow_is_spent_elsewhere() {
         net.provider.wallet().view().await.unwrap().earned_settled,
         Amount::ZERO
     );
+    for node in [c, net.provider, net.hub] {
+        node.shutdown().await;
+    }
+}
+
+/// `GET path` on a node's API; the body once the server closes.
+async fn http_get(node: &NodeHandle, path: &str) -> String {
+    let api = node.api_addr().unwrap();
+    let mut s = tokio::net::TcpStream::connect(api).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
+/// Parses the Prometheus text exposition format strictly: every sample's family has a
+/// TYPE line before it, names and labels are well formed, values are numbers. Returns
+/// (name{labels}, value) pairs.
+fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
+    let ident = |s: &str| {
+        !s.is_empty()
+            && s.chars().enumerate().all(|(i, c)| {
+                c == '_' || c == ':' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit())
+            })
+    };
+    let mut typed = std::collections::HashSet::new();
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert!(ident(name), "{line}");
+            assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind));
+            assert!(typed.insert(name.to_string()), "family typed twice: {line}");
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
+        let name = match series.split_once('{') {
+            Some((name, labels)) => {
+                let labels = labels.strip_suffix('}').expect("labels close");
+                for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once('=').expect("label=value");
+                    assert!(ident(k) && v.starts_with('"'), "{line}");
+                }
+                name
+            }
+            None => series,
+        };
+        assert!(ident(name) && name.starts_with("warren_"), "{line}");
+        assert!(typed.contains(name), "sample before its TYPE: {line}");
+        samples.push((series.to_string(), value));
+    }
+    samples
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_events_and_metrics_follow_a_paid_session() {
+    let net = net().await;
+    let c = net.consumer(10 * NANO_PER_WRN).await;
+    // Listen to the consumer's events from before the session.
+    let api = c.api_addr().unwrap();
+    let mut events = tokio::net::TcpStream::connect(api).await.unwrap();
+    let req = format!("GET /api/v1/events HTTP/1.1\r\nHost: {api}\r\n\r\n");
+    events.write_all(req.as_bytes()).await.unwrap();
+    let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut text = String::new();
+        while let Ok(n) = events.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            while let Some(i) = text.find('\n') {
+                let line: String = text.drain(..=i).collect();
+                if let Some(data) = line.trim_end().strip_prefix("data: ") {
+                    let _ = tx.send(data.to_string());
+                }
+            }
+        }
+    });
+    c.connect(ConnectRequest::default()).await.unwrap();
+    let size = 8 * MIB as usize;
+    let flow = c
+        .flow_opener()
+        .open(target(server(size).await), FlowProto::Tcp)
+        .await
+        .unwrap();
+    assert_eq!(drain(flow).await, size);
+    let mut kinds = std::collections::HashSet::new();
+    let mut moved = 0u64;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !(["session_opened", "invoice", "payment"]
+        .iter()
+        .all(|k| kinds.contains(*k))
+        && moved > 0)
+    {
+        let data = tokio::time::timeout_at(deadline, seen.recv())
+            .await
+            .expect("the events never showed the session, its bill and its payment")
+            .expect("the event stream ended");
+        let ev: serde_json::Value = serde_json::from_str(&data).unwrap();
+        let kind = ev["type"].as_str().unwrap().to_string();
+        if kind == "throughput" {
+            moved += ev["consumer_down"].as_u64().unwrap();
+        }
+        if kind == "invoice" || kind == "payment" {
+            assert_eq!(ev["role"], "consumer", "{ev}");
+            assert!(ev["cumulative"].as_u64().unwrap() > 0, "{ev}");
+        }
+        kinds.insert(kind);
+    }
+
+    // The provider's metrics, scraped and parsed as Prometheus text.
+    let text = http_get(&net.provider, "/metrics").await;
+    let samples: std::collections::HashMap<String, f64> =
+        parse_prometheus(&text).into_iter().collect();
+    let get = |k: &str| {
+        *samples
+            .get(k)
+            .unwrap_or_else(|| panic!("no {k} in\n{text}"))
+    };
+    assert_eq!(get("warren_sessions{role=\"provider\"}"), 1.0);
+    assert_eq!(get("warren_sessions_opened_total{role=\"provider\"}"), 1.0);
+    assert!(get("warren_bytes_total{role=\"provider\",direction=\"down\"}") >= size as f64);
+    assert!(
+        get("warren_invoices_total{direction=\"sent\"}") >= 1.0,
+        "{text}"
+    );
+    assert!(get("warren_promises_total{outcome=\"accepted\"}") >= 1.0);
+    assert!(get("warren_flows_total{outcome=\"opened\"}") >= 1.0);
+    assert!(get("warren_peers") >= 1.0);
+    assert_eq!(get("warren_offers_by_country{country=\"DE\"}"), 1.0);
     for node in [c, net.provider, net.hub] {
         node.shutdown().await;
     }

@@ -19,7 +19,33 @@ use warren_tunnel::splice::Meter;
 use warren_types::{Amount, NodeId};
 
 use super::Billing;
+use crate::telemetry::{Counters, Event, Telemetry};
 use crate::wallet::Wallet;
+
+/// Where a session's payment core reports: the node's telemetry and the session's id.
+#[derive(Debug, Clone)]
+pub(crate) struct Report {
+    pub telemetry: Arc<Telemetry>,
+    pub session: String,
+}
+
+impl Report {
+    fn invoice(&self, role: &str, cumulative: Amount) {
+        self.telemetry.emit(Event::Invoice {
+            role: role.into(),
+            session: self.session.clone(),
+            cumulative,
+        });
+    }
+
+    fn payment(&self, role: &str, cumulative: Amount) {
+        self.telemetry.emit(Event::Payment {
+            role: role.into(),
+            session: self.session.clone(),
+            cumulative,
+        });
+    }
+}
 
 /// The provider keeps the best promise of a session in the wallet at least this often, so a
 /// crash loses at most this much of its earnings.
@@ -74,6 +100,7 @@ pub(crate) struct Billed {
     recheck: Duration,
     next_check: Instant,
     check: Option<tokio::task::JoinHandle<Result<ChannelView, String>>>,
+    report: Report,
 }
 
 impl Billed {
@@ -82,12 +109,14 @@ impl Billed {
         wallet: Arc<Wallet>,
         meter: Arc<Meter>,
         paid: Arc<AtomicU64>,
+        report: Report,
     ) -> Self {
         let billed = Billed {
             payee,
             wallet,
             meter,
             paid,
+            report,
             recheck: RECHECK_ESCROW,
             next_check: Instant::now() + RECHECK_ESCROW,
             check: None,
@@ -165,7 +194,7 @@ impl Billed {
             Err(e) => warn!("could not keep a promise for settlement: {e}"),
         }
         if self.wallet.earned_unsettled() >= SETTLE_THRESHOLD {
-            settle_in_background(self.wallet.clone());
+            settle_in_background(self.wallet.clone(), self.report.telemetry.clone());
         }
     }
 
@@ -179,20 +208,24 @@ impl Billed {
             self.unkept = Some(p.clone());
         }
         self.keep().await;
-        settle_in_background(self.wallet.clone());
+        settle_in_background(self.wallet.clone(), self.report.telemetry.clone());
     }
 }
 
 /// Settles every held promise on a task of its own; the wallet runs one settlement at a time.
-pub(crate) fn settle_in_background(wallet: Arc<Wallet>) {
+pub(crate) fn settle_in_background(wallet: Arc<Wallet>, telemetry: Arc<Telemetry>) {
     tokio::spawn(async move {
         match wallet.settle().await {
             Ok(report) => {
                 for e in report.errors {
+                    Counters::inc(&telemetry.counters.settle_errors);
                     warn!("settlement: {e}");
                 }
             }
-            Err(e) => warn!("settlement failed: {e}"),
+            Err(e) => {
+                Counters::inc(&telemetry.counters.settle_errors);
+                warn!("settlement failed: {e}");
+            }
         }
     });
 }
@@ -206,10 +239,20 @@ impl Billing for Billed {
                 return;
             }
         };
+        let counters = &self.report.telemetry.counters;
         match self.payee.handle_promise(now, &promise) {
-            Ok(()) => self.unkept = Some(promise),
+            Ok(()) => {
+                Counters::inc(&counters.promises_received);
+                if let Ok(p) = promise.verify() {
+                    self.report.payment("provider", p.cumulative);
+                }
+                self.unkept = Some(promise);
+            }
             Err(PromiseError::NotNewer { .. }) => {}
-            Err(e) => debug!("promise refused: {e}"),
+            Err(e) => {
+                Counters::inc(&counters.promises_refused);
+                debug!("promise refused: {e}");
+            }
         }
         self.gate();
     }
@@ -248,9 +291,10 @@ impl Billing for Billed {
     }
 
     fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.payee
-            .poll_transmit()
-            .map(|i: SignedInvoice| i.to_bytes())
+        let invoice: SignedInvoice = self.payee.poll_transmit()?;
+        Counters::inc(&self.report.telemetry.counters.invoices_sent);
+        self.report.invoice("provider", self.payee.invoiced());
+        Some(invoice.to_bytes())
     }
 
     fn poll_close(&mut self) -> Option<CloseReason> {
@@ -273,6 +317,7 @@ pub(crate) struct Paying {
     promised: Arc<AtomicU64>,
     last_now: Instant,
     closing: Option<CloseReason>,
+    report: Report,
 }
 
 impl Paying {
@@ -281,6 +326,7 @@ impl Paying {
         wallet: Arc<Wallet>,
         reserved: Amount,
         promised: Arc<AtomicU64>,
+        report: Report,
     ) -> Self {
         let terms = payer.terms().clone();
         Paying {
@@ -294,6 +340,7 @@ impl Paying {
             promised,
             last_now: Instant::now(),
             closing: None,
+            report,
         }
     }
 
@@ -332,8 +379,14 @@ impl Billing for Paying {
                 return;
             }
         };
-        if let Err(e) = self.payer.handle_invoice(now, &invoice) {
-            debug!("invoice refused: {e}");
+        Counters::inc(&self.report.telemetry.counters.invoices_received);
+        match self.payer.handle_invoice(now, &invoice) {
+            Ok(()) => {
+                if let Ok(i) = invoice.verify() {
+                    self.report.invoice("consumer", i.cumulative);
+                }
+            }
+            Err(e) => debug!("invoice refused: {e}"),
         }
         self.take_events();
     }
@@ -389,9 +442,11 @@ impl Billing for Paying {
     fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         match &self.outgoing {
             Some((_, cumulative)) if *cumulative <= self.reserved => {
-                let (promise, _) = self.outgoing.take()?;
+                let (promise, cumulative) = self.outgoing.take()?;
                 self.promised
                     .store(self.payer.promised().nano(), Ordering::Relaxed);
+                Counters::inc(&self.report.telemetry.counters.promises_sent);
+                self.report.payment("consumer", cumulative);
                 Some(promise.to_bytes())
             }
             _ => None,

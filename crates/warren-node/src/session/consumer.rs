@@ -22,10 +22,11 @@ use warren_types::{
     Amount, Country, FlowProto, FlowRefusal, Identity, NodeId, Offer, RefusalKind, Service, Target,
 };
 
-use super::billing::Paying;
+use super::billing::{Paying, Report};
 use super::{drive, read_msg, write_msg};
 use crate::catalog::OfferFilter;
 use crate::market::Market;
+use crate::telemetry::{Counters, Event, Telemetry};
 use crate::wallet::Wallet;
 
 /// Providers whose connect latency is measured when several share the best price.
@@ -161,6 +162,7 @@ pub struct Consumer {
     /// Signs promises.
     identity: Identity,
     wallet: Arc<Wallet>,
+    telemetry: Arc<Telemetry>,
 }
 
 /// What a paid session pays from, as found before the Open.
@@ -178,10 +180,12 @@ impl Consumer {
         cancel: CancellationToken,
         identity: Identity,
         wallet: Arc<Wallet>,
+        telemetry: Arc<Telemetry>,
     ) -> Arc<Self> {
         Arc::new(Consumer {
             identity,
             wallet,
+            telemetry,
             market,
             net,
             state: Mutex::new(State {
@@ -508,6 +512,12 @@ impl Consumer {
             promised,
         });
         info!(session = %id, %provider, "session opened");
+        Counters::inc(&self.telemetry.counters.sessions_opened_consumer);
+        self.telemetry.emit(Event::SessionOpened {
+            role: "consumer".into(),
+            session: id.to_string(),
+            peer: provider,
+        });
         Ok((
             active.clone(),
             Running {
@@ -562,7 +572,17 @@ impl Consumer {
             self.identity.clone(),
             PayerConfig::default(),
         );
-        Ok(Paying::new(payer, self.wallet.clone(), own, promised))
+        let report = Report {
+            telemetry: self.telemetry.clone(),
+            session: id.to_string(),
+        };
+        Ok(Paying::new(
+            payer,
+            self.wallet.clone(),
+            own,
+            promised,
+            report,
+        ))
     }
 
     /// Drives the open session; when it is lost without a local close, fails over to the
@@ -575,20 +595,31 @@ impl Consumer {
         loop {
             let opened = Instant::now();
             let mut billing = run.billing;
+            let meter = run.meter;
+            let mut ended = String::from("lost");
             let session = drive(
                 run.session,
                 run.stream,
                 FrameReader::new(MAX_CONTROL_MSG),
                 run.close_rx,
-                run.meter,
+                meter.clone(),
                 &mut billing,
                 |ev| {
                     if let SessionEvent::Closed { reason, by_peer } = ev {
                         info!(by_peer, "session closed: {reason}");
+                        ended = reason.to_string();
                     }
                 },
             )
             .await;
+            let c = &self.telemetry.counters;
+            Counters::add(&c.ended_consumer_up, meter.up());
+            Counters::add(&c.ended_consumer_down, meter.down());
+            self.telemetry.emit(Event::SessionClosed {
+                role: "consumer".into(),
+                session: session.id().to_string(),
+                reason: ended,
+            });
             let lost = {
                 let mut state = self.lock();
                 if state.generation != generation {

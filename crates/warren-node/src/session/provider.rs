@@ -23,8 +23,9 @@ use warren_tunnel::exit::{Exit, ExitCaps};
 use warren_tunnel::splice::{Meter, splice};
 use warren_types::{Amount, FlowProto, FlowRefusal, Identity, NodeId, Offer, RefusalKind};
 
-use super::billing::{self, Billed};
+use super::billing::{self, Billed, Report};
 use super::{drive, read_msg, write_msg};
+use crate::telemetry::{Counters, Event, Telemetry};
 use crate::wallet::Wallet;
 
 /// How long a peer may take to send the first message of a stream.
@@ -80,6 +81,7 @@ pub struct Payments {
     /// How often a paid session's channel is looked at again at the hub (another provider
     /// may have drained or overdrawn it).
     pub recheck: Duration,
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// A consumer's escrow as checked before the first byte.
@@ -356,7 +358,9 @@ impl Provider {
             return;
         };
         let id = session.id();
+        let telemetry = self.payments.telemetry.clone();
         if let Err(reason) = decision {
+            Counters::inc(&telemetry.counters.sessions_refused);
             debug!(session = %id, "refusing a session: {reason}");
             while let Some(msg) = session.poll_transmit() {
                 let _ = write_msg(&mut stream, &msg, MAX_CONTROL_MSG).await;
@@ -365,6 +369,12 @@ impl Provider {
             return;
         }
         info!(session = %id, paid = escrow.is_some(), "session opened");
+        Counters::inc(&telemetry.counters.sessions_opened_provider);
+        telemetry.emit(Event::SessionOpened {
+            role: "provider".into(),
+            session: id.to_string(),
+            peer,
+        });
         let (close_tx, close_rx) = mpsc::channel(1);
         // Node shutdown closes the session politely.
         let stop = served.stop.clone();
@@ -394,27 +404,39 @@ impl Provider {
                 self.payments.wallet.clone(),
                 meter.clone(),
                 served.paid.clone(),
+                Report {
+                    telemetry: telemetry.clone(),
+                    session: id.to_string(),
+                },
             )
             .recheck_every(self.payments.recheck)
         });
+        let mut ended = String::from("lost");
         drive(
             session,
             stream,
             FrameReader::new(MAX_CONTROL_MSG),
             close_rx,
-            meter,
+            meter.clone(),
             &mut billing,
-            |ev| match ev {
-                SessionEvent::Closed { reason, by_peer } => {
+            |ev| {
+                if let SessionEvent::Closed { reason, by_peer } = ev {
                     info!(session = %id, by_peer, "session closed: {reason}");
+                    ended = reason.to_string();
                 }
-                SessionEvent::Promise(_) => {}
-                SessionEvent::Opened | SessionEvent::Refused(_) | SessionEvent::Invoice(_) => {}
             },
         )
         .await;
         closer.abort();
         served.stop.cancel();
+        let c = &telemetry.counters;
+        Counters::add(&c.ended_provider_up, meter.up());
+        Counters::add(&c.ended_provider_down, meter.down());
+        telemetry.emit(Event::SessionClosed {
+            role: "provider".into(),
+            session: id.to_string(),
+            reason: ended,
+        });
         if let Some(billed) = billing {
             billed.finish().await;
         }
@@ -433,9 +455,11 @@ impl Provider {
             read_msg::<_, FlowHeader>(&mut stream, MAX_FLOW_HEADER),
         )
         .await;
+        let flows_refused = &self.payments.telemetry.counters.flows_refused;
         let header = match header {
             Ok(Ok(h)) => h,
             _ => {
+                Counters::inc(flows_refused);
                 let refusal = FlowRefusal::new(RefusalKind::BadRequest, "malformed flow header");
                 let _ = write_msg(&mut stream, &FlowReply::Refused(refusal), MAX_FLOW_HEADER).await;
                 return;
@@ -450,6 +474,7 @@ impl Provider {
         let served = match served {
             Some(s) if s.consumer == peer => s,
             _ => {
+                Counters::inc(flows_refused);
                 let refusal = FlowRefusal::new(
                     RefusalKind::NoSession,
                     "the provider has no open session for this flow",
@@ -459,9 +484,11 @@ impl Provider {
             }
         };
         if let Err(refusal) = self.admit_flow(&served) {
+            Counters::inc(flows_refused);
             let _ = write_msg(&mut stream, &FlowReply::Refused(refusal), MAX_FLOW_HEADER).await;
             return;
         }
+        Counters::inc(&self.payments.telemetry.counters.flows_opened);
         let _guard = FlowGuard(&served.flows);
         match header.proto {
             FlowProto::Tcp => {
@@ -481,6 +508,7 @@ impl Provider {
                         debug!(session = %header.session, ?end, "flow ended");
                     }
                     Err(refusal) => {
+                        Counters::inc(flows_refused);
                         debug!(session = %header.session, "flow refused: {refusal}");
                         let _ =
                             write_msg(&mut stream, &FlowReply::Refused(refusal), MAX_FLOW_HEADER)
@@ -596,6 +624,7 @@ mod tests {
             wallet: Arc::new(wallet),
             accept_hubs: vec![],
             recheck: billing::RECHECK_ESCROW,
+            telemetry: Arc::new(Telemetry::default()),
         };
         (payments, cancel)
     }

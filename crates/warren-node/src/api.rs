@@ -21,15 +21,21 @@ use crate::session::provider::ServedView;
 use crate::wallet::{DEFAULT_HISTORY, HistoryView, SettleReport, WalletError, WalletView};
 
 /// An offer as the API shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OfferView {
+    #[schema(value_type = String)]
     pub provider: NodeId,
+    #[schema(value_type = String)]
     pub country: Country,
     /// nano-WRN per GiB of payload, both directions together.
+    #[schema(value_type = u64)]
     pub price_per_gib: Amount,
     /// nano-WRN per hour, pro-rated per second.
+    #[schema(value_type = u64)]
     pub price_per_hour: Amount,
+    #[schema(value_type = Vec<String>)]
     pub services: Vec<Service>,
+    #[schema(value_type = String)]
     pub ip_kind: IpKind,
     pub addrs: Vec<String>,
     pub seq: u64,
@@ -55,24 +61,30 @@ impl From<&Offer> for OfferView {
 }
 
 /// What this node sells, when it provides.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProviderView {
+    #[schema(value_type = String)]
     pub country: Country,
+    #[schema(value_type = u64)]
     pub price_per_gib: Amount,
+    #[schema(value_type = u64)]
     pub price_per_hour: Amount,
+    #[schema(value_type = String)]
     pub ip_kind: IpKind,
     /// When the offer now in the market expires (it is refreshed before that).
     pub offer_expires_at: Option<u64>,
 }
 
 /// `GET /api/v1/status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Status {
+    #[schema(value_type = String)]
     pub node_id: NodeId,
     pub version: String,
     pub listen_addrs: Vec<String>,
     /// Peers connected now.
     pub peers: usize,
+    #[schema(value_type = String)]
     pub reachability: Reachability,
     /// Offers in this node's catalog.
     pub offers: usize,
@@ -92,7 +104,7 @@ pub struct Status {
 }
 
 /// This node's own payment hub.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HubView {
     /// Its fee in basis points (100 = 1 %).
     pub fee_bps: u16,
@@ -100,23 +112,25 @@ pub struct HubView {
 }
 
 /// `POST /api/v1/wallet/topup`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TopupRequest {
     /// nano-WRN.
+    #[schema(value_type = u64)]
     pub amount: Amount,
     /// The hub to top up at; default the hub in use (see `GET /api/v1/wallet`).
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub hub: Option<NodeId>,
 }
 
 /// The body of every error answer: a machine-readable kind and a message for people.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     pub kind: String,
     pub message: String,
@@ -168,30 +182,87 @@ pub(crate) fn router(shared: Arc<Shared>, guard: Arc<crate::api_guard::Guard>) -
     ))
 }
 
+/// Every (method, path) the router serves, in the order they are registered: the one list
+/// the router is built from, and what the OpenAPI test holds the document to.
+pub fn route_list() -> Vec<(&'static str, &'static str)> {
+    routes_with_list(None).1
+}
+
 fn routes(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/api/v1/status", get(get_status))
-        .route("/api/v1/offers", get(get_offers))
-        .route(
-            "/api/v1/session",
-            get(get_session).post(post_session).delete(delete_session),
-        )
-        .route("/api/v1/provider/sessions", get(get_served))
-        .route("/api/v1/wallet", get(get_wallet))
-        .route("/api/v1/wallet/topup", post(post_topup))
-        .route("/api/v1/wallet/settle", post(post_settle))
-        .route("/api/v1/wallet/history", get(get_history))
-        .route("/api/v1/events", get(get_events))
-        .route("/metrics", get(get_metrics))
-        .fallback(not_found)
-        .with_state(shared)
+    routes_with_list(Some(shared)).0
+}
+
+/// Builds the router (when given the state) and the list of its routes from one table.
+fn routes_with_list(shared: Option<Arc<Shared>>) -> (Router, Vec<(&'static str, &'static str)>) {
+    use axum::routing::{MethodRouter, delete};
+    type Handler = MethodRouter<Arc<Shared>>;
+    let table: Vec<(&'static str, &'static str, Handler)> = vec![
+        ("get", "/api/v1/status", get(get_status)),
+        ("get", "/api/v1/offers", get(get_offers)),
+        ("get", "/api/v1/session", get(get_session)),
+        ("post", "/api/v1/session", post(post_session)),
+        ("delete", "/api/v1/session", delete(delete_session)),
+        ("get", "/api/v1/provider/sessions", get(get_served)),
+        ("get", "/api/v1/wallet", get(get_wallet)),
+        ("post", "/api/v1/wallet/topup", post(post_topup)),
+        ("post", "/api/v1/wallet/settle", post(post_settle)),
+        ("get", "/api/v1/wallet/history", get(get_history)),
+        ("get", "/api/v1/events", get(get_events)),
+        ("get", "/api/v1/openapi.json", get(get_openapi)),
+        ("get", "/metrics", get(get_metrics)),
+    ];
+    let list = table.iter().map(|(m, p, _)| (*m, *p)).collect();
+    let mut router: Router<Arc<Shared>> = Router::new();
+    for (_, path, handler) in table {
+        router = router.route(path, handler);
+    }
+    let router = router.fallback(not_found);
+    let router = match shared {
+        Some(s) => router.with_state(s),
+        None => Router::new(),
+    };
+    (router, list)
+}
+
+/// The OpenAPI 3 document of this API, generated from the handlers and types.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    info(title = "Warren local API", description = "The node's local API: the CLI and the dashboard use nothing else. Amounts are integers of nano-WRN (1 WRN = 10^9); ids are node id strings. Calls other than GET need the token from api.token in the node's data directory."),
+    paths(
+        get_status, get_offers, get_session, post_session, delete_session, get_served,
+        get_wallet, post_topup, post_settle, get_history, get_events, get_openapi, get_metrics
+    ),
+    components(schemas(ErrorBody, ErrorDetail, crate::telemetry::Event)),
+    modifiers(&TokenScheme)
+)]
+pub struct ApiDoc;
+
+struct TokenScheme;
+
+impl utoipa::Modify for TokenScheme {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// `GET /api/v1/openapi.json`.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta",
+    responses((status = 200, description = "This document", content_type = "application/json")))]
+async fn get_openapi() -> Response {
+    use utoipa::OpenApi;
+    Json(ApiDoc::openapi()).into_response()
 }
 
 async fn not_found() -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
         kind: "not_found",
-        message: "no such endpoint; see /api/v1/status, /api/v1/offers, /api/v1/session and /api/v1/wallet".into(),
+        message: "no such endpoint; /api/v1/openapi.json lists them all".into(),
     }
 }
 
@@ -232,6 +303,8 @@ pub(crate) fn status(shared: &Shared) -> Status {
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/status", tag = "node",
+    responses((status = 200, body = Status), (status = 403, body = ErrorBody, description = "Foreign Host or Origin")))]
 async fn get_status(State(shared): State<Arc<Shared>>) -> Json<Status> {
     Json(status(&shared))
 }
@@ -270,6 +343,14 @@ fn parse_filter(q: &HashMap<String, String>) -> Result<OfferFilter, ApiError> {
     Ok(f)
 }
 
+#[utoipa::path(get, path = "/api/v1/offers", tag = "consumer",
+    params(
+        ("country" = Option<String>, Query, description = "ISO 3166 alpha-2 code"),
+        ("max_price_per_gib" = Option<u64>, Query, description = "nano-WRN"),
+        ("max_price_per_hour" = Option<u64>, Query, description = "nano-WRN"),
+        ("service" = Option<String>, Query, description = "proxy (default), hub"),
+    ),
+    responses((status = 200, body = Vec<OfferView>), (status = 400, body = ErrorBody, description = "A filter is malformed or unknown")))]
 async fn get_offers(
     State(shared): State<Arc<Shared>>,
     Query(q): Query<HashMap<String, String>>,
@@ -285,12 +366,23 @@ async fn get_offers(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/session", tag = "consumer",
+    responses((status = 200, body = Option<SessionView>, description = "The session, or null")))]
 async fn get_session(State(shared): State<Arc<Shared>>) -> Json<Option<SessionView>> {
     Json(shared.consumer.view())
 }
 
 /// `POST /api/v1/session`: body is a [`ConnectRequest`] (every field optional; an empty body
 /// means any provider). Answers the opened session.
+#[utoipa::path(post, path = "/api/v1/session", tag = "consumer", security(("token" = [])),
+    request_body(content = ConnectRequest, description = "Every field optional; an empty body means any provider"),
+    responses(
+        (status = 200, body = SessionView),
+        (status = 400, body = ErrorBody, description = "Malformed request"),
+        (status = 401, body = ErrorBody, description = "Missing or wrong token"),
+        (status = 404, body = ErrorBody, description = "No offer matches (kind no_offers)"),
+        (status = 502, body = ErrorBody, description = "No provider accepted (kind providers_failed)"),
+        (status = 503, body = ErrorBody, description = "Shutting down")))]
 async fn post_session(
     State(shared): State<Arc<Shared>>,
     body: Bytes,
@@ -316,17 +408,21 @@ async fn post_session(
 }
 
 /// Whether `DELETE /api/v1/session` closed a session.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Disconnected {
     pub closed: bool,
 }
 
+#[utoipa::path(delete, path = "/api/v1/session", tag = "consumer", security(("token" = [])),
+    responses((status = 200, body = Disconnected), (status = 401, body = ErrorBody)))]
 async fn delete_session(State(shared): State<Arc<Shared>>) -> Json<Disconnected> {
     Json(Disconnected {
         closed: shared.consumer.disconnect().await,
     })
 }
 
+#[utoipa::path(get, path = "/api/v1/provider/sessions", tag = "provider",
+    responses((status = 200, body = Vec<ServedView>)))]
 async fn get_served(State(shared): State<Arc<Shared>>) -> Json<Vec<ServedView>> {
     Json(shared.provider.sessions())
 }
@@ -365,11 +461,21 @@ impl From<WalletError> for ApiError {
 }
 
 /// `GET /api/v1/wallet`: balances at the hub in use, and unsettled earnings.
+#[utoipa::path(get, path = "/api/v1/wallet", tag = "wallet",
+    responses((status = 200, body = WalletView), (status = 502, body = ErrorBody, description = "The hub did not answer")))]
 async fn get_wallet(State(shared): State<Arc<Shared>>) -> Result<Json<WalletView>, ApiError> {
     Ok(Json(shared.wallet.view().await?))
 }
 
 /// `POST /api/v1/wallet/topup`: a faucet top-up, moved into escrow. Answers the wallet.
+#[utoipa::path(post, path = "/api/v1/wallet/topup", tag = "wallet", security(("token" = [])),
+    request_body = TopupRequest,
+    responses(
+        (status = 200, body = WalletView),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "No hub known, or the hub runs no faucet"),
+        (status = 502, body = ErrorBody)))]
 async fn post_topup(
     State(shared): State<Arc<Shared>>,
     body: Bytes,
@@ -383,11 +489,15 @@ async fn post_topup(
 }
 
 /// `POST /api/v1/wallet/settle`: hands pending promises to their hubs.
+#[utoipa::path(post, path = "/api/v1/wallet/settle", tag = "wallet", security(("token" = [])),
+    responses((status = 200, body = SettleReport), (status = 401, body = ErrorBody)))]
 async fn post_settle(State(shared): State<Arc<Shared>>) -> Result<Json<SettleReport>, ApiError> {
     Ok(Json(shared.wallet.settle().await?))
 }
 
 /// `GET /metrics`: Prometheus text format, `warren_` prefix.
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text format, warren_ prefix", content_type = "text/plain")))]
 async fn get_metrics(State(shared): State<Arc<Shared>>) -> Response {
     let text = crate::telemetry::render(
         &shared.telemetry.counters,
@@ -406,6 +516,8 @@ async fn get_metrics(State(shared): State<Arc<Shared>>) -> Response {
 /// `GET /api/v1/events`: server-sent events, one per [`Event`](crate::telemetry::Event)
 /// (`event:` its type, `data:` its JSON); a `lagged` event says how many a slow reader
 /// missed. A comment every 15 s keeps idle connections open.
+#[utoipa::path(get, path = "/api/v1/events", tag = "node",
+    responses((status = 200, description = "Server-sent events: `event:` the type, `data:` an Event as JSON", content_type = "text/event-stream", body = crate::telemetry::Event)))]
 async fn get_events(
     State(shared): State<Arc<Shared>>,
 ) -> axum::response::sse::Sse<
@@ -436,6 +548,9 @@ async fn get_events(
 }
 
 /// `GET /api/v1/wallet/history?limit=N` (default 50, at most 1000), newest first.
+#[utoipa::path(get, path = "/api/v1/wallet/history", tag = "wallet",
+    params(("limit" = Option<u32>, Query, description = "1 to 1000, default 50")),
+    responses((status = 200, body = Vec<HistoryView>), (status = 400, body = ErrorBody)))]
 async fn get_history(
     State(shared): State<Arc<Shared>>,
     Query(q): Query<HashMap<String, String>>,
@@ -505,6 +620,87 @@ mod tests {
         assert_eq!((e.status, e.kind), (StatusCode::CONFLICT, "faucet_off"));
         let e = ApiError::from(WalletError::ZeroAmount);
         assert_eq!((e.status, e.kind), (StatusCode::BAD_REQUEST, "bad_request"));
+    }
+
+    /// Every `$ref` in `v` names a schema in `components`.
+    fn refs_resolve(v: &serde_json::Value, schemas: &serde_json::Map<String, serde_json::Value>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(r) = m.get("$ref").and_then(|r| r.as_str()) {
+                    let name = r
+                        .strip_prefix("#/components/schemas/")
+                        .unwrap_or_else(|| panic!("unexpected $ref {r}"));
+                    assert!(
+                        schemas.contains_key(name),
+                        "$ref to a missing schema {name}"
+                    );
+                }
+                m.values().for_each(|x| refs_resolve(x, schemas));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| refs_resolve(x, schemas)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_openapi_document_is_valid_and_lists_every_route() {
+        use utoipa::OpenApi;
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        assert!(
+            doc["openapi"].as_str().unwrap().starts_with("3."),
+            "{}",
+            doc["openapi"]
+        );
+        assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
+        let paths = doc["paths"].as_object().unwrap();
+        let routes = route_list();
+        // The router's routes, exactly: none undocumented, none documented but not served.
+        let mut documented = Vec::new();
+        for (path, item) in paths {
+            for (method, op) in item.as_object().unwrap() {
+                documented.push((method.clone(), path.clone()));
+                let responses = op["responses"].as_object().unwrap();
+                assert!(responses.contains_key("200"), "{method} {path} has no 200");
+                // Calls that change something say they need the token, with its error body.
+                if method != "get" {
+                    assert_eq!(
+                        op["security"][0]["token"],
+                        serde_json::json!([]),
+                        "{method} {path}"
+                    );
+                    assert!(responses.contains_key("401"), "{method} {path} has no 401");
+                }
+            }
+        }
+        let mut served: Vec<(String, String)> = routes
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        served.sort();
+        documented.sort();
+        assert_eq!(served, documented);
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for name in [
+            "Status",
+            "OfferView",
+            "SessionView",
+            "WalletView",
+            "ErrorBody",
+            "Event",
+        ] {
+            assert!(schemas.contains_key(name), "no schema {name}");
+        }
+        // Amounts and ids are integers and strings, as the JSON is.
+        assert_eq!(
+            schemas["WalletView"]["properties"]["balance"]["type"],
+            "integer"
+        );
+        assert_eq!(
+            schemas["OfferView"]["properties"]["provider"]["type"],
+            "string"
+        );
+        refs_resolve(&doc, schemas);
+        assert!(doc["components"]["securitySchemes"]["token"]["scheme"] == "bearer");
     }
 
     #[test]

@@ -13,17 +13,21 @@ use warren_types::{Amount, Country, NodeId};
 pub const EVENT_BUFFER: usize = 1024;
 
 /// One live event, as `/api/v1/events` sends it (`event:` is the `type`, `data:` the JSON).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     OfferAdded {
+        #[schema(value_type = String)]
         provider: NodeId,
+        #[schema(value_type = String)]
         country: Country,
     },
     OfferUpdated {
+        #[schema(value_type = String)]
         provider: NodeId,
     },
     OfferRemoved {
+        #[schema(value_type = String)]
         provider: NodeId,
         reason: String,
     },
@@ -31,6 +35,7 @@ pub enum Event {
     SessionOpened {
         role: String,
         session: String,
+        #[schema(value_type = String)]
         peer: NodeId,
     },
     SessionClosed {
@@ -49,12 +54,14 @@ pub enum Event {
     Invoice {
         role: String,
         session: String,
+        #[schema(value_type = u64)]
         cumulative: Amount,
     },
     /// A promise sent (consumer) or accepted (provider): cumulative on the channel.
     Payment {
         role: String,
         session: String,
+        #[schema(value_type = u64)]
         cumulative: Amount,
     },
 }

@@ -37,17 +37,22 @@ pub const MAX_PENDING: usize = 100_000;
 pub const DEFAULT_HISTORY: usize = 50;
 
 /// The wallet as the API and `warren wallet --json` show it. Amounts in nano-WRN.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WalletView {
     /// The hub in use; null while none is known.
+    #[schema(value_type = Option<String>)]
     pub hub: Option<NodeId>,
     /// Available at the hub (not in escrow), settled earnings included.
+    #[schema(value_type = u64)]
     pub balance: Amount,
     /// In this node's escrow channels at the hub: what it can spend on sessions.
+    #[schema(value_type = u64)]
     pub escrow: Amount,
     /// Promised to this node as a provider and not yet settled, at every hub.
+    #[schema(value_type = u64)]
     pub earned_unsettled: Amount,
     /// Earned by settlement at the hub, after its fee, over the account's life.
+    #[schema(value_type = u64)]
     pub earned_settled: Amount,
     /// This node's escrow channel at the hub (hex), once it has one.
     pub channel: Option<String>,
@@ -56,34 +61,40 @@ pub struct WalletView {
 }
 
 /// What `settle` did.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SettleReport {
     /// Promises handed to hubs.
     pub promises: usize,
     /// Of those, how many paid something.
     pub paid_promises: usize,
     /// Credited to this node, after the hubs' fees.
+    #[schema(value_type = u64)]
     pub earned: Amount,
     /// The hubs' fees on it.
+    #[schema(value_type = u64)]
     pub fees: Amount,
     /// Promises still waiting (a hub that did not answer, an escrow that ran dry).
     pub pending_promises: usize,
+    #[schema(value_type = u64)]
     pub earned_unsettled: Amount,
     /// What went wrong, one line per hub or promise.
     pub errors: Vec<String>,
 }
 
 /// One line of the account's history at the hub in use.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryView {
     pub seq: u64,
     /// Unix seconds.
     pub at: u64,
     /// deposit, escrow_opened, escrow_added, paid or earned.
     pub kind: String,
+    #[schema(value_type = u64)]
     pub amount: Amount,
+    #[schema(value_type = u64)]
     pub fee: Amount,
     pub channel: Option<String>,
+    #[schema(value_type = Option<String>)]
     pub counterparty: Option<NodeId>,
     pub memo: String,
 }

@@ -181,6 +181,24 @@ async fn every_endpoint_answers_and_errors_say_what_was_wrong() {
     let bad = api.get("/api/v1/wallet/history?limit=0").await;
     assert_eq!((bad.status, error_kind(&bad)), (400, "bad_request"));
 
+    let doc = api.get("/api/v1/openapi.json").await;
+    assert_eq!(doc.status, 200);
+    assert!(
+        doc.body["paths"]["/api/v1/session"]["post"].is_object(),
+        "{}",
+        doc.body
+    );
+    let metrics = api.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .body
+            .as_str()
+            .is_some_and(|t| t.contains("# TYPE warren_peers gauge")),
+        "{}",
+        metrics.body
+    );
+
     let missing = api.get("/api/v1/nothing-here").await;
     assert_eq!((missing.status, error_kind(&missing)), (404, "not_found"));
     api.node.shutdown().await;

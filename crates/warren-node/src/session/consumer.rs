@@ -52,28 +52,36 @@ const MAX_RETRY_PAUSE: Duration = Duration::from_secs(30);
 const MIN_HEALTHY_SESSION: Duration = Duration::from_secs(10);
 
 /// What `connect` looks for. Empty fields match anything.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectRequest {
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub provider: Option<NodeId>,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub country: Option<Country>,
     #[serde(default)]
+    #[schema(value_type = Option<u64>)]
     pub max_price_per_gib: Option<Amount>,
     #[serde(default)]
+    #[schema(value_type = Option<u64>)]
     pub max_price_per_hour: Option<Amount>,
 }
 
 /// The consumer's session as the API shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SessionView {
     /// "open", or "reconnecting" while failing over.
     pub state: String,
     pub session: String,
+    #[schema(value_type = String)]
     pub provider: NodeId,
+    #[schema(value_type = String)]
     pub country: Country,
+    #[schema(value_type = u64)]
     pub price_per_gib: Amount,
+    #[schema(value_type = u64)]
     pub price_per_hour: Amount,
     /// Payload bytes towards the provider, this session.
     pub bytes_up: u64,
@@ -82,9 +90,11 @@ pub struct SessionView {
     pub duration_secs: u64,
     /// Cost of this session so far at the offer's price, by this node's own counters
     /// (nano-WRN).
+    #[schema(value_type = u64)]
     pub spent: Amount,
     /// What this node has promised the provider for this session (nano-WRN); it follows the
     /// provider's invoices, within the tolerance of `spent`.
+    #[schema(value_type = u64)]
     pub promised: Amount,
     /// How many times the session moved to another provider on its own.
     pub failovers: u32,

@@ -56,17 +56,20 @@ struct Served {
 }
 
 /// A session this provider serves, as the API shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServedView {
     pub session: String,
+    #[schema(value_type = String)]
     pub consumer: NodeId,
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub flows: usize,
     pub duration_secs: u64,
     /// What the session has cost so far at the offer's price (nano-WRN).
+    #[schema(value_type = u64)]
     pub earned: Amount,
     /// What the consumer's promises cover of it (nano-WRN).
+    #[schema(value_type = u64)]
     pub paid: Amount,
 }
 

@@ -210,6 +210,9 @@ fn routes_with_list(shared: Option<Arc<Shared>>) -> (Router, Vec<(&'static str, 
         ("get", "/api/v1/events", get(get_events)),
         ("get", "/api/v1/openapi.json", get(get_openapi)),
         ("get", "/metrics", get(get_metrics)),
+        ("get", "/", get(get_dashboard)),
+        ("get", "/dashboard/app.js", get(get_dashboard_js)),
+        ("get", "/dashboard/style.css", get(get_dashboard_css)),
     ];
     let list = table.iter().map(|(m, p, _)| (*m, *p)).collect();
     let mut router: Router<Arc<Shared>> = Router::new();
@@ -230,7 +233,8 @@ fn routes_with_list(shared: Option<Arc<Shared>>) -> (Router, Vec<(&'static str, 
     info(title = "Warren local API", description = "The node's local API: the CLI and the dashboard use nothing else. Amounts are integers of nano-WRN (1 WRN = 10^9); ids are node id strings. Calls other than GET need the token from api.token in the node's data directory."),
     paths(
         get_status, get_offers, get_session, post_session, delete_session, get_served,
-        get_wallet, post_topup, post_settle, get_history, get_events, get_openapi, get_metrics
+        get_wallet, post_topup, post_settle, get_history, get_events, get_openapi, get_metrics,
+        get_dashboard, get_dashboard_js, get_dashboard_css
     ),
     components(schemas(ErrorBody, ErrorDetail, crate::telemetry::Event)),
     modifiers(&TokenScheme)
@@ -248,6 +252,54 @@ impl utoipa::Modify for TokenScheme {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }
+}
+
+/// The dashboard's files, embedded: it works with no network beyond the node.
+const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
+const DASHBOARD_JS: &str = include_str!("dashboard/app.js");
+const DASHBOARD_CSS: &str = include_str!("dashboard/style.css");
+
+/// `GET /`: the dashboard, carrying the API token (only pages of this origin can read it,
+/// and the guard turns away other origins and hosts).
+#[utoipa::path(get, path = "/", tag = "dashboard",
+    responses((status = 200, description = "The web dashboard", content_type = "text/html")))]
+async fn get_dashboard(State(shared): State<Arc<Shared>>) -> Response {
+    let page = DASHBOARD_HTML.replace("{{WARREN_TOKEN}}", shared.api_token.as_str());
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; frame-ancestors 'none'",
+            ),
+        ],
+        page,
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/dashboard/app.js", tag = "dashboard",
+    responses((status = 200, description = "The dashboard's script", content_type = "text/javascript")))]
+async fn get_dashboard_js() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/javascript; charset=utf-8",
+        )],
+        DASHBOARD_JS,
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/dashboard/style.css", tag = "dashboard",
+    responses((status = 200, description = "The dashboard's style sheet", content_type = "text/css")))]
+async fn get_dashboard_css() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        DASHBOARD_CSS,
+    )
+        .into_response()
 }
 
 /// `GET /api/v1/openapi.json`.

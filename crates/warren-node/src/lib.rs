@@ -178,6 +178,8 @@ pub(crate) struct Shared {
     pub hub: Option<Arc<dyn hub::HubService>>,
     pub wallet: Arc<Wallet>,
     pub telemetry: Arc<telemetry::Telemetry>,
+    /// What state-changing API calls must carry; the dashboard page carries it.
+    pub api_token: api_guard::ApiToken,
     /// Where the SOCKS5 and HTTP proxy fronts listen, when they run.
     pub socks_addr: Option<SocketAddr>,
     pub http_proxy_addr: Option<SocketAddr>,
@@ -289,6 +291,7 @@ impl NodeHandle {
             hub,
             wallet,
             telemetry,
+            api_token: api_guard::ApiToken::generate(),
         });
 
         if let Some(hub) = &shared.hub {
@@ -336,7 +339,7 @@ impl NodeHandle {
                 cancel.clone(),
             )));
         }
-        let api_token = api_guard::ApiToken::generate();
+        let api_token = shared.api_token.clone();
         if let (Some(dir), Some(_)) = (&config.data_dir, &api_listener)
             && let Err(e) = api_token.write_to(dir)
         {

@@ -124,6 +124,8 @@ impl Testnet {
             let mut config = NodeConfig::new(net);
             config.provide = Some(provider_plan(i));
             config.exit.allow = vec![LOOPBACK];
+            // Each provider's own dashboard, on a port the system picks.
+            config.api = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
             handles.push(NodeHandle::spawn(config).await?);
         }
         let wallet = match fund(&consumer, hub.node_id()).await {

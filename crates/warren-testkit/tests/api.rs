@@ -199,6 +199,17 @@ async fn every_endpoint_answers_and_errors_say_what_was_wrong() {
         metrics.body
     );
 
+    // The dashboard, embedded, with the token for its own calls.
+    let page = api.get("/").await;
+    assert_eq!(page.status, 200);
+    let html = page.body.as_str().unwrap();
+    assert!(html.contains(&format!("content=\"{}\"", api.node.api_token().as_str())));
+    for asset in ["/dashboard/app.js", "/dashboard/style.css"] {
+        let a = api.get(asset).await;
+        assert_eq!(a.status, 200, "{asset}");
+        assert!(a.body.as_str().is_some_and(|t| t.len() > 1000), "{asset}");
+    }
+
     let missing = api.get("/api/v1/nothing-here").await;
     assert_eq!((missing.status, error_kind(&missing)), (404, "not_found"));
     api.node.shutdown().await;

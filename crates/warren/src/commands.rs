@@ -554,6 +554,8 @@ async fn testnet(cli: &Cli, providers: usize, socks: SocketAddr) -> Result<()> {
     println!(
         "Warren testnet is up: {providers} providers, a payment hub and a consumer, all on loopback."
     );
+    println!();
+    println!("Open the dashboard: http://{api}/");
     if !everyone {
         println!("(the consumer has not seen every offer yet; they are still arriving)");
     }
@@ -567,6 +569,17 @@ async fn testnet(cli: &Cli, providers: usize, socks: SocketAddr) -> Result<()> {
         net.hub.node_id().short(),
         net.wallet.escrow
     );
+    println!();
+    println!("Providers' own dashboards:");
+    for p in &net.providers {
+        if let (Some(addr), Some(offer)) = (p.api_addr(), p.own_offer()) {
+            println!(
+                "  {}  {}  http://{addr}/#provider",
+                offer.country,
+                p.node_id().short()
+            );
+        }
+    }
     println!();
     println!("Offers the consumer sees:");
     for o in net.consumer.offers(&proxies) {

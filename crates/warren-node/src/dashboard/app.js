@@ -1,0 +1,275 @@
+// The Warren dashboard: reads the node's local API and its live events, and acts through
+// the same API (with the token the node put in this page). No framework, no build step.
+"use strict";
+
+const NANO = 1e9;
+const token = document.querySelector('meta[name="warren-token"]').content;
+const state = { offers: [], status: null, throughput: [], earnings: [] };
+
+const $ = (id) => document.getElementById(id);
+const wrn = (nano) => (nano / NANO).toLocaleString(undefined, { maximumFractionDigits: 9 }) + " WRN";
+const short = (id) => (id ? "…" + id.slice(-8) : "");
+function bytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return (i ? n.toFixed(1) : n) + " " + units[i];
+}
+function duration(s) {
+  if (s < 60) return s + " s";
+  if (s < 3600) return Math.floor(s / 60) + " min " + (s % 60) + " s";
+  return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
+}
+
+function showError(message) {
+  const e = $("error");
+  e.textContent = message || "";
+  e.hidden = !message;
+}
+
+async function api(method, path, body) {
+  const headers = {};
+  if (method !== "GET") headers["Authorization"] = "Bearer " + token;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await res.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (_) { data = text; }
+  if (!res.ok) {
+    const msg = data && data.error ? data.error.message : res.status + " " + text;
+    throw new Error(msg);
+  }
+  return data;
+}
+
+// Views: the hash picks one; every view is in the page, the others hidden.
+function showView() {
+  const name = (location.hash || "#consumer").slice(1);
+  for (const v of document.querySelectorAll(".view")) v.hidden = v.id !== name;
+  for (const a of document.querySelectorAll("nav a")) {
+    if (a.dataset.view === name) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+}
+window.addEventListener("hashchange", showView);
+
+function cell(row, text, cls) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (cls) td.className = cls;
+  row.appendChild(td);
+  return td;
+}
+
+function renderOffers() {
+  const country = $("f-country").value;
+  const maxPrice = parseFloat($("f-price").value);
+  const kind = $("f-kind").value;
+  const body = $("offers").querySelector("tbody");
+  body.replaceChildren();
+  const shown = state.offers
+    .filter((o) => !country || o.country === country)
+    .filter((o) => isNaN(maxPrice) || o.price_per_gib <= maxPrice * NANO)
+    .filter((o) => !kind || o.ip_kind === kind)
+    .sort((a, b) => a.country.localeCompare(b.country) || a.price_per_gib - b.price_per_gib);
+  for (const o of shown) {
+    const row = document.createElement("tr");
+    row.dataset.provider = o.provider;
+    row.dataset.country = o.country;
+    cell(row, o.country);
+    cell(row, short(o.provider), "mono").title = o.provider;
+    cell(row, (o.price_per_gib / NANO).toString());
+    cell(row, (o.price_per_hour / NANO).toString());
+    cell(row, o.ip_kind);
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "connect";
+    b.textContent = "Connect";
+    b.setAttribute("aria-label", "Connect through " + o.country + " provider " + short(o.provider));
+    b.addEventListener("click", () => connect(o.provider, b));
+    row.appendChild(document.createElement("td")).appendChild(b);
+    body.appendChild(row);
+  }
+  $("offers-caption").textContent = shown.length + " of " + state.offers.length + " offers this node has seen and verified";
+  // Country choices follow what is offered.
+  const select = $("f-country");
+  const have = new Set([...select.options].map((o) => o.value));
+  for (const c of [...new Set(state.offers.map((o) => o.country))].sort()) {
+    if (!have.has(c)) select.add(new Option(c, c));
+  }
+  renderCountries();
+}
+
+function renderCountries() {
+  const by = new Map();
+  for (const o of state.offers) {
+    const e = by.get(o.country) || { n: 0, cheapest: Infinity };
+    e.n++;
+    e.cheapest = Math.min(e.cheapest, o.price_per_gib);
+    by.set(o.country, e);
+  }
+  const body = $("countries").querySelector("tbody");
+  body.replaceChildren();
+  for (const [c, e] of [...by].sort()) {
+    const row = document.createElement("tr");
+    cell(row, c);
+    cell(row, String(e.n));
+    cell(row, String(e.cheapest / NANO));
+    body.appendChild(row);
+  }
+}
+
+async function connect(provider, button) {
+  showError("");
+  button.disabled = true;
+  button.textContent = "Connecting…";
+  try {
+    await api("POST", "/api/v1/session", { provider });
+    await refresh();
+  } catch (e) {
+    showError("Could not connect: " + e.message);
+  } finally {
+    button.disabled = false;
+    button.textContent = "Connect";
+  }
+}
+
+function renderStatus(s) {
+  state.status = s;
+  $("node").textContent = "node " + short(s.node_id) + " · " + s.peers + " peers · " + s.offers + " offers";
+  const sess = s.session;
+  $("session-details").hidden = !sess;
+  $("disconnect").hidden = !sess;
+  if (sess) {
+    $("session-state").textContent = sess.state === "open" ? "Connected." : "Reconnecting…";
+    $("s-provider").textContent = short(sess.provider);
+    $("s-provider").title = sess.provider;
+    $("s-country").textContent = sess.country;
+    $("s-price").textContent = sess.price_per_gib / NANO + " WRN/GiB, " + sess.price_per_hour / NANO + " WRN/hour";
+    $("s-bytes").textContent = bytes(sess.bytes_up) + " up, " + bytes(sess.bytes_down) + " down in " + duration(sess.duration_secs);
+    $("s-spent").textContent = wrn(sess.spent);
+    $("s-promised").textContent = wrn(sess.promised);
+  } else {
+    $("session-state").textContent = "Not connected: pick an offer below.";
+  }
+  const proxies = [];
+  if (s.socks) proxies.push("SOCKS5 on " + s.socks);
+  if (s.http_proxy) proxies.push("HTTP proxy on " + s.http_proxy);
+  $("proxies").textContent = proxies.join(" · ");
+  $("selling").textContent = s.provider
+    ? "Selling in " + s.provider.country + " at " + s.provider.price_per_gib / NANO + " WRN/GiB and " +
+      s.provider.price_per_hour / NANO + " WRN/hour (" + s.provider.ip_kind + "); serving " + s.serving + " session(s)."
+    : "Not selling. Start the node with --provide --price-gib WRN --price-hour WRN to sell bandwidth.";
+  $("n-id").textContent = s.node_id;
+  $("n-peers").textContent = String(s.peers);
+  $("n-nat").textContent = s.reachability;
+  $("n-addrs").textContent = s.listen_addrs.join("\n");
+  $("n-uptime").textContent = duration(s.uptime_secs);
+}
+
+function renderServed(list) {
+  const body = $("served").querySelector("tbody");
+  body.replaceChildren();
+  for (const s of list) {
+    const row = document.createElement("tr");
+    // Anonymised: a short tag of the consumer, never more.
+    cell(row, short(s.consumer), "mono");
+    cell(row, bytes(s.bytes_up));
+    cell(row, bytes(s.bytes_down));
+    cell(row, String(s.flows));
+    cell(row, duration(s.duration_secs));
+    cell(row, wrn(s.earned));
+    cell(row, wrn(s.paid));
+    body.appendChild(row);
+  }
+  if (!list.length) {
+    const row = document.createElement("tr");
+    cell(row, "No sessions now.").colSpan = 7;
+    body.appendChild(row);
+  }
+}
+
+function renderWallet(w) {
+  $("w-escrow").textContent = wrn(w.escrow);
+  $("w-balance").textContent = wrn(w.balance);
+  $("e-unsettled").textContent = wrn(w.earned_unsettled);
+  $("e-settled").textContent = wrn(w.earned_settled);
+  state.earnings.push(w.earned_settled + w.earned_unsettled);
+  if (state.earnings.length > 120) state.earnings.shift();
+  chart($("earnings"), [state.earnings], ["#1b7f4b"]);
+}
+
+// A small line chart on a canvas: each series scaled to the largest value shown.
+function chart(canvas, series, colours) {
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height;
+  ctx.clearRect(0, 0, w, h);
+  const max = Math.max(1, ...series.flat());
+  series.forEach((points, i) => {
+    ctx.strokeStyle = colours[i];
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    points.forEach((v, x) => {
+      const px = points.length < 2 ? 0 : (x / (points.length - 1)) * (w - 4) + 2;
+      const py = h - 4 - (v / max) * (h - 8);
+      if (x === 0) ctx.moveTo(px, py); else ctx.lineTo(px, py);
+    });
+    ctx.stroke();
+  });
+}
+
+async function refresh() {
+  try {
+    const [status, offers, served, wallet] = await Promise.all([
+      api("GET", "/api/v1/status"),
+      api("GET", "/api/v1/offers?service=proxy"),
+      api("GET", "/api/v1/provider/sessions"),
+      api("GET", "/api/v1/wallet").catch(() => null),
+    ]);
+    state.offers = offers;
+    renderStatus(status);
+    renderOffers();
+    renderServed(served);
+    if (wallet) renderWallet(wallet);
+  } catch (e) {
+    showError("The node did not answer: " + e.message);
+  }
+}
+
+function listen() {
+  const events = new EventSource("/api/v1/events");
+  events.addEventListener("throughput", (m) => {
+    const t = JSON.parse(m.data);
+    state.throughput.push([t.consumer_down + t.provider_down, t.consumer_up + t.provider_up]);
+    if (state.throughput.length > 60) state.throughput.shift();
+    chart($("throughput"), [state.throughput.map((p) => p[0]), state.throughput.map((p) => p[1])], ["#2457c5", "#c56a24"]);
+    $("throughput-now").textContent = bytes(t.consumer_down + t.provider_down) + "/s down, " + bytes(t.consumer_up + t.provider_up) + "/s up";
+  });
+  for (const kind of ["offer_added", "offer_removed", "session_opened", "session_closed", "payment"]) {
+    events.addEventListener(kind, () => refresh());
+  }
+}
+
+$("filters").addEventListener("input", renderOffers);
+$("filters").addEventListener("submit", (e) => e.preventDefault());
+$("disconnect").addEventListener("click", async () => {
+  try { await api("DELETE", "/api/v1/session"); } catch (e) { showError(e.message); }
+  refresh();
+});
+$("settle").addEventListener("click", async () => {
+  $("settle").disabled = true;
+  try {
+    const r = await api("POST", "/api/v1/wallet/settle");
+    $("settle-result").textContent = "Settled " + r.paid_promises + " promise(s): " + wrn(r.earned) + " earned, " + wrn(r.fees) + " in fees." + (r.errors.length ? " " + r.errors.join("; ") : "");
+  } catch (e) {
+    showError("Could not settle: " + e.message);
+  } finally {
+    $("settle").disabled = false;
+    refresh();
+  }
+});
+
+showView();
+refresh();
+listen();
+setInterval(refresh, 2000);

@@ -1,0 +1,322 @@
+//! The dashboard in headless Chromium, driven through chromedriver's W3C WebDriver API,
+//! against a running `warren testnet` on 127.0.0.1: the offers table shows the testnet's
+//! countries, clicking Connect opens a session that the page and `warren status` show,
+//! traffic flows and is paid, and the provider's own dashboard shows the session and its
+//! earnings. Screenshots go to `target/test-artifacts/` (or `$WARREN_TEST_ARTIFACTS`).
+//!
+//! Skips (saying so) when chromium or chromedriver is missing; `scripts/test.sh` installs
+//! both (Debian `chromium`, `chromium-driver`).
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::web::curl;
+use support::{ChildGuard, eventually, free_port, lines_of, warren, warren_bin};
+
+fn found(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn artifacts() -> PathBuf {
+    let dir = std::env::var_os("WARREN_TEST_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts")
+        });
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A WebDriver session on a chromedriver this test started.
+struct Browser {
+    base: String,
+    session: String,
+    _driver: ChildGuard,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let port = free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let driver = ChildGuard(Some(driver));
+        let base = format!("http://127.0.0.1:{port}");
+        eventually(Duration::from_secs(20), || {
+            let (code, body, _) = curl(&["-s", &format!("{base}/status")]);
+            (code == 0 && String::from_utf8_lossy(&body).contains("ready")).then_some(())
+        })
+        .expect("chromedriver never became ready");
+        let profile = tempfile::tempdir().unwrap();
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1280,1000",
+                         format!("--user-data-dir={}", profile.path().display())]
+            }
+        }}});
+        let mut b = Browser {
+            base,
+            session: String::new(),
+            _driver: driver,
+            _profile: profile,
+        };
+        let v = b.call("POST", "/session", Some(caps));
+        b.session = v["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {v}"))
+            .to_string();
+        b
+    }
+
+    /// One WebDriver command; returns its `value`.
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}{path}", self.base);
+        let body = body.map(|b| b.to_string());
+        let mut args = vec!["-s", "-X", method, "-H", "Content-Type: application/json"];
+        if let Some(b) = &body {
+            args.extend(["--data-binary", b]);
+        }
+        args.push(&url);
+        let (code, out, err) = curl(&args);
+        assert_eq!(code, 0, "webdriver {method} {path}: {err}");
+        let v: Value = serde_json::from_slice(&out)
+            .unwrap_or_else(|_| panic!("webdriver answered {}", String::from_utf8_lossy(&out)));
+        v["value"].clone()
+    }
+
+    fn session_path(&self, rest: &str) -> String {
+        format!("/session/{}{rest}", self.session)
+    }
+
+    fn go(&self, url: &str) {
+        self.call(
+            "POST",
+            &self.session_path("/url"),
+            Some(json!({ "url": url })),
+        );
+    }
+
+    fn script(&self, js: &str) -> Value {
+        self.call(
+            "POST",
+            &self.session_path("/execute/sync"),
+            Some(json!({ "script": js, "args": [] })),
+        )
+    }
+
+    /// Runs `js` until it returns something truthy, or panics after `limit`.
+    fn until(&self, what: &str, limit: Duration, js: &str) -> Value {
+        let start = Instant::now();
+        loop {
+            let v = self.script(js);
+            let truthy = !(v.is_null()
+                || v == json!(false)
+                || v == json!("")
+                || v == json!(0)
+                || v.as_array().is_some_and(Vec::is_empty));
+            if truthy {
+                return v;
+            }
+            assert!(start.elapsed() < limit, "timed out waiting: {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn click(&self, css: &str) {
+        let el = self.call(
+            "POST",
+            &self.session_path("/element"),
+            Some(json!({ "using": "css selector", "value": css })),
+        );
+        let id = el
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {css}: {el}"))
+            .to_string();
+        self.call(
+            "POST",
+            &self.session_path(&format!("/element/{id}/click")),
+            Some(json!({})),
+        );
+    }
+
+    fn screenshot(&self, name: &str) {
+        let png = self.call("GET", &self.session_path("/screenshot"), None);
+        let b64 = png.as_str().expect("a base64 screenshot");
+        let path = artifacts().join(name);
+        let mut child = Command::new("base64")
+            .args(["-d"])
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(&path).unwrap())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b64.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        eprintln!("screenshot: {}", path.display());
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let url = format!("{}/session/{}", self.base, self.session);
+            let _ = curl(&["-s", "-X", "DELETE", &url]);
+        }
+    }
+}
+
+#[test]
+fn the_dashboard_browses_connects_and_shows_the_provider_earning() {
+    if !(found("chromium") && found("chromedriver")) {
+        eprintln!("skipping: chromium and chromedriver are needed (scripts/test.sh installs them)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let api = format!("127.0.0.1:{}", free_port());
+    let socks = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(warren_bin())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "--api",
+            &api,
+            "testnet",
+            "--providers",
+            "3",
+            "--socks",
+            &socks,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start warren testnet");
+    let mut guard = ChildGuard(Some(child));
+    let rx = lines_of(guard.0.as_mut().unwrap().stdout.take().unwrap());
+    let mut printed = Vec::new();
+    while !printed
+        .last()
+        .is_some_and(|l: &String| l.starts_with("Press Ctrl-C"))
+    {
+        printed.push(
+            rx.recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("testnet did not come up: {printed:?}")),
+        );
+    }
+    let dashboard = format!("http://{api}/");
+    assert!(
+        printed.iter().any(|l| l.contains(&dashboard)),
+        "{printed:#?}"
+    );
+    // "  DE  <short id>  http://127.0.0.1:PORT/#provider"
+    let provider_pages: Vec<(String, String)> = printed
+        .iter()
+        .filter(|l| l.ends_with("/#provider"))
+        .map(|l| {
+            let parts: Vec<&str> = l.split_whitespace().collect();
+            (parts[1].to_string(), parts[2].to_string())
+        })
+        .collect();
+    assert_eq!(provider_pages.len(), 3, "{printed:#?}");
+
+    let browser = Browser::start();
+    browser.go(&dashboard);
+    // The offers table fills with the testnet's countries.
+    let countries = browser.until(
+        "the offers table lists several countries",
+        Duration::from_secs(30),
+        "const c = [...document.querySelectorAll('#offers tbody tr')].map(r => r.dataset.country);
+         return new Set(c).size >= 3 ? [...new Set(c)].sort() : null;",
+    );
+    assert!(
+        countries.as_array().unwrap().contains(&json!("DE")),
+        "{countries}"
+    );
+    browser.screenshot("dashboard-offers.png");
+
+    // Connect to the German provider from the table.
+    browser.click("#offers tbody tr[data-country='DE'] button.connect");
+    browser.until(
+        "the page shows the session",
+        Duration::from_secs(30),
+        "return document.getElementById('session-state').textContent.startsWith('Connected')
+            && document.getElementById('s-country').textContent === 'DE';",
+    );
+    let status = warren(dir.path(), api.parse().unwrap(), &["status", "--json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["session"]["country"], "DE", "{status}");
+    let provider = status["session"]["provider"].as_str().unwrap().to_string();
+
+    // Traffic through the session (the consumer's own API, through the provider's exit),
+    // which the testnet's prices make paid.
+    let port = api.rsplit(':').next().unwrap();
+    for _ in 0..5 {
+        let (code, _, err) = curl(&[
+            "--fail",
+            "-s",
+            "-o",
+            "/dev/null",
+            "--socks5-hostname",
+            &socks,
+            &format!("http://localhost:{port}/dashboard/app.js"),
+        ]);
+        assert_eq!(code, 0, "{err}");
+    }
+    browser.until(
+        "the page shows a payment",
+        Duration::from_secs(20),
+        "const p = document.getElementById('s-promised').textContent;
+         return p && p !== '0 WRN';",
+    );
+    browser.screenshot("dashboard-connected.png");
+
+    // The provider's dashboard shows the session and what it earns.
+    // The printed short id is the provider id's last 8 characters.
+    let page = provider_pages
+        .iter()
+        .find(|(short, _)| provider.ends_with(short.as_str()))
+        .expect("the session's provider has a dashboard")
+        .1
+        .clone();
+    browser.go(&page);
+    browser.until(
+        "the provider view shows the session with earnings",
+        Duration::from_secs(20),
+        "const rows = [...document.querySelectorAll('#served tbody tr')];
+         return rows.some(r => r.cells.length === 7 && r.cells[5].textContent !== '0 WRN');",
+    );
+    let selling = browser.script("return document.getElementById('selling').textContent;");
+    assert!(
+        selling.as_str().unwrap().contains("Selling in DE"),
+        "{selling}"
+    );
+    browser.screenshot("dashboard-provider.png");
+    drop(browser);
+
+    let out = warren(dir.path(), api.parse().unwrap(), &["disconnect"]);
+    assert!(out.status.success());
+    let pid = guard.0.as_ref().unwrap().id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+}

@@ -111,6 +111,100 @@ pub struct HubView {
     pub faucet: bool,
 }
 
+/// `PUT /api/v1/provider`: start selling, or change what is sold. Omitted fields keep what
+/// the node sells now (a node that never sold needs `country`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SellRequest {
+    /// nano-WRN per GiB.
+    #[schema(value_type = u64)]
+    pub price_per_gib: Amount,
+    /// nano-WRN per hour.
+    #[schema(value_type = u64)]
+    pub price_per_hour: Amount,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub country: Option<Country>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub ip_kind: Option<IpKind>,
+}
+
+/// `DELETE /api/v1/provider`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Stopped {
+    /// Whether the node was selling before.
+    pub was_selling: bool,
+}
+
+/// One `[[exit.rule]]` of the config file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RuleView {
+    /// "allow" or "deny".
+    pub action: String,
+    pub cidr: Option<String>,
+    pub domain_suffix: Option<String>,
+    pub ports: Option<String>,
+}
+
+/// `GET /api/v1/provider/policy`: what the exit lets through, in the order it decides.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PolicyView {
+    /// The config file's rules, first match wins.
+    pub rules: Vec<RuleView>,
+    /// Networks `--exit-allow` lets through despite the default denials.
+    pub allow: Vec<String>,
+    /// What is denied unless a rule or `--exit-allow` says otherwise.
+    pub default_deny: Vec<String>,
+    pub max_sessions: usize,
+    pub max_flows_per_session: usize,
+    /// null: unlimited.
+    pub max_bytes_per_session: Option<u64>,
+}
+
+impl PolicyView {
+    pub(crate) fn of(
+        exit: &crate::config::ExitConfig,
+        caps: &warren_tunnel::exit::ExitCaps,
+    ) -> Self {
+        let rules = exit
+            .rules
+            .rules
+            .iter()
+            .map(|r| RuleView {
+                action: serde_json::to_value(r.action)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                cidr: r.cidr.clone(),
+                domain_suffix: r.domain_suffix.clone(),
+                ports: r.ports.clone(),
+            })
+            .collect();
+        PolicyView {
+            rules,
+            allow: exit.allow.iter().map(|n| n.to_string()).collect(),
+            default_deny: [
+                "loopback",
+                "private networks (RFC 1918)",
+                "carrier-grade NAT (100.64.0.0/10)",
+                "link-local",
+                "multicast and broadcast",
+                "unspecified addresses",
+                "unique-local and site-local IPv6",
+                "this host's own addresses",
+                "SMTP ports (25, 465, 587)",
+            ]
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+            max_sessions: caps.max_sessions,
+            max_flows_per_session: caps.max_flows_per_session,
+            max_bytes_per_session: caps.max_bytes_per_session,
+        }
+    }
+}
+
 /// `POST /api/v1/wallet/topup`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -194,7 +288,7 @@ fn routes(shared: Arc<Shared>) -> Router {
 
 /// Builds the router (when given the state) and the list of its routes from one table.
 fn routes_with_list(shared: Option<Arc<Shared>>) -> (Router, Vec<(&'static str, &'static str)>) {
-    use axum::routing::{MethodRouter, delete};
+    use axum::routing::{MethodRouter, delete, put};
     type Handler = MethodRouter<Arc<Shared>>;
     let table: Vec<(&'static str, &'static str, Handler)> = vec![
         ("get", "/api/v1/status", get(get_status)),
@@ -203,6 +297,9 @@ fn routes_with_list(shared: Option<Arc<Shared>>) -> (Router, Vec<(&'static str, 
         ("post", "/api/v1/session", post(post_session)),
         ("delete", "/api/v1/session", delete(delete_session)),
         ("get", "/api/v1/provider/sessions", get(get_served)),
+        ("put", "/api/v1/provider", put(put_provider)),
+        ("delete", "/api/v1/provider", delete(delete_provider)),
+        ("get", "/api/v1/provider/policy", get(get_policy)),
         ("get", "/api/v1/wallet", get(get_wallet)),
         ("post", "/api/v1/wallet/topup", post(post_topup)),
         ("post", "/api/v1/wallet/settle", post(post_settle)),
@@ -233,6 +330,7 @@ fn routes_with_list(shared: Option<Arc<Shared>>) -> (Router, Vec<(&'static str, 
     info(title = "Warren local API", description = "The node's local API: the CLI and the dashboard use nothing else. Amounts are integers of nano-WRN (1 WRN = 10^9); ids are node id strings. Calls other than GET need the token from api.token in the node's data directory."),
     paths(
         get_status, get_offers, get_session, post_session, delete_session, get_served,
+        put_provider, delete_provider, get_policy,
         get_wallet, post_topup, post_settle, get_history, get_events, get_openapi, get_metrics,
         get_dashboard, get_dashboard_js, get_dashboard_css
     ),
@@ -477,6 +575,72 @@ async fn delete_session(State(shared): State<Arc<Shared>>) -> Json<Disconnected>
     responses((status = 200, body = Vec<ServedView>)))]
 async fn get_served(State(shared): State<Arc<Shared>>) -> Json<Vec<ServedView>> {
     Json(shared.provider.sessions())
+}
+
+#[utoipa::path(put, path = "/api/v1/provider", tag = "provider", security(("token" = [])),
+    request_body = SellRequest,
+    responses(
+        (status = 200, body = ProviderView, description = "What the node sells now"),
+        (status = 400, body = ErrorBody, description = "Malformed request, or no country for a first offer"),
+        (status = 401, body = ErrorBody)))]
+async fn put_provider(
+    State(shared): State<Arc<Shared>>,
+    body: Bytes,
+) -> Result<Json<ProviderView>, ApiError> {
+    let req: SellRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "bad provider request ({e}); send {{\"price_per_gib\": <nano-WRN>, \"price_per_hour\": <nano-WRN>, \"country\": \"DE\"}}"
+        ))
+    })?;
+    let before = shared.provide.borrow().clone().filter(|p| p.sells_proxy());
+    let country = req
+        .country
+        .or(before.as_ref().map(|p| p.country))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "name the country this node sells from (\"country\": \"DE\")".into(),
+            )
+        })?;
+    let price = warren_types::Price {
+        per_gib: req.price_per_gib,
+        per_hour: req.price_per_hour,
+    };
+    let mut provide = crate::ProvideConfig::new(price, country);
+    if let Some(before) = &before {
+        provide.ip_kind = before.ip_kind;
+        provide.offer_lifetime = before.offer_lifetime;
+    }
+    if let Some(kind) = req.ip_kind {
+        provide.ip_kind = kind;
+    }
+    crate::announce(&shared, Some(provide))
+        .await
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    status(&shared).provider.map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the offer did not start".into(),
+        )
+    })
+}
+
+#[utoipa::path(delete, path = "/api/v1/provider", tag = "provider", security(("token" = [])),
+    responses((status = 200, body = Stopped), (status = 401, body = ErrorBody)))]
+async fn delete_provider(State(shared): State<Arc<Shared>>) -> Json<Stopped> {
+    let was_selling = shared
+        .provide
+        .borrow()
+        .as_ref()
+        .is_some_and(|p| p.sells_proxy());
+    crate::stop_providing(&shared).await;
+    Json(Stopped { was_selling })
+}
+
+#[utoipa::path(get, path = "/api/v1/provider/policy", tag = "provider",
+    responses((status = 200, body = PolicyView)))]
+async fn get_policy(State(shared): State<Arc<Shared>>) -> Json<PolicyView> {
+    Json(shared.exit_policy.clone())
 }
 
 impl From<WalletError> for ApiError {

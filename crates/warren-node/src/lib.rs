@@ -154,6 +154,70 @@ pub enum StartError {
     Wallet(#[from] WalletError),
 }
 
+/// The task that keeps this node's offer in the market.
+#[derive(Debug)]
+pub(crate) struct Announcer {
+    identity: warren_types::Identity,
+    /// The node's token: announcing ends with the node.
+    cancel: CancellationToken,
+    task: Option<(CancellationToken, JoinHandle<()>)>,
+}
+
+/// Replaces what this node announces (`None`: nothing). A hub always also announces
+/// "hub". The API's provider controls and `NodeHandle` both come here.
+pub(crate) async fn announce(
+    shared: &Arc<Shared>,
+    provide: Option<ProvideConfig>,
+) -> Result<(), StartError> {
+    let provide = provide.map(|mut p| {
+        if shared.hub.is_some() && !p.services.contains(&Service::hub()) {
+            p.services.push(Service::hub());
+        }
+        p
+    });
+    if let Some(p) = &provide {
+        p.check()?;
+    }
+    let mut announcer = shared.announcer.lock().await;
+    if let Some((token, task)) = announcer.task.take() {
+        token.cancel();
+        let _ = task.await;
+    }
+    shared.provide.send_replace(None);
+    shared.own_offer.send_replace(None);
+    shared.proxy_offer.send_replace(None);
+    let Some(provide) = provide else {
+        return Ok(());
+    };
+    let token = announcer.cancel.child_token();
+    shared.provide.send_replace(Some(provide.clone()));
+    let task = tokio::spawn(market::provide_loop(
+        shared.clone(),
+        announcer.identity.clone(),
+        provide,
+        token.clone(),
+    ));
+    announcer.task = Some((token, task));
+    Ok(())
+}
+
+/// Stops selling bandwidth; a hub goes on announcing itself alone.
+pub(crate) async fn stop_providing(shared: &Arc<Shared>) {
+    let hub_only = shared.hub.as_ref().map(|_| {
+        let before = shared.provide.borrow().clone();
+        let mut p =
+            ProvideConfig::hub_only(before.as_ref().map_or(Country::UNKNOWN, |p| p.country));
+        if let Some(before) = before {
+            p.offer_lifetime = before.offer_lifetime;
+        }
+        p
+    });
+    if announce(shared, hub_only).await.is_err() {
+        // The lifetime was checked when it was first announced; never reached.
+        let _ = announce(shared, None).await;
+    }
+}
+
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -180,6 +244,10 @@ pub(crate) struct Shared {
     pub telemetry: Arc<telemetry::Telemetry>,
     /// What state-changing API calls must carry; the dashboard page carries it.
     pub api_token: api_guard::ApiToken,
+    /// The exit policy as the API shows it.
+    pub exit_policy: api::PolicyView,
+    /// The task announcing this node's offer, replaced whole when what it sells changes.
+    pub announcer: tokio::sync::Mutex<Announcer>,
     /// Where the SOCKS5 and HTTP proxy fronts listen, when they run.
     pub socks_addr: Option<SocketAddr>,
     pub http_proxy_addr: Option<SocketAddr>,
@@ -193,8 +261,6 @@ pub struct NodeHandle {
     tasks: Vec<JoinHandle<()>>,
     api_addr: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
-    identity: warren_types::Identity,
-    provider: Option<(CancellationToken, JoinHandle<()>)>,
     api_token: api_guard::ApiToken,
 }
 
@@ -225,6 +291,7 @@ impl NodeHandle {
         let socks_listener = bind_proxy("SOCKS5", config.socks).await?;
         let http_listener = bind_proxy("HTTP proxy", config.http_proxy).await?;
         let exit = config.exit.build().map_err(StartError::Exit)?;
+        let exit_policy = api::PolicyView::of(&config.exit, &exit.1);
         let hub = match config.hub {
             Some(h) => Some(hub::open(h, identity.node_id(), config.data_dir.as_deref()).await?),
             None => None,
@@ -292,6 +359,12 @@ impl NodeHandle {
             wallet,
             telemetry,
             api_token: api_guard::ApiToken::generate(),
+            exit_policy,
+            announcer: tokio::sync::Mutex::new(Announcer {
+                identity: identity.clone(),
+                cancel: cancel.clone(),
+                task: None,
+            }),
         });
 
         if let Some(hub) = &shared.hub {
@@ -374,16 +447,16 @@ impl NodeHandle {
             tasks,
             api_addr,
             data_dir: config.data_dir,
-            identity,
-            provider: None,
             api_token,
         };
         match config.provide {
             Some(provide) => handle.start_providing(provide).await?,
             None if handle.shared.hub.is_some() => {
-                handle
-                    .announce(Some(ProvideConfig::hub_only(Country::UNKNOWN)))
-                    .await?;
+                announce(
+                    &handle.shared,
+                    Some(ProvideConfig::hub_only(Country::UNKNOWN)),
+                )
+                .await?;
             }
             None => {}
         }
@@ -394,62 +467,17 @@ impl NodeHandle {
     /// it fresh until [`NodeHandle::stop_providing`] or shutdown. A hub's offer also names
     /// the service "hub".
     pub async fn start_providing(&mut self, provide: ProvideConfig) -> Result<(), StartError> {
-        self.announce(Some(provide)).await
+        announce(&self.shared, Some(provide)).await
     }
 
     /// Stops selling bandwidth; peers drop the offer when it expires. A hub goes on
     /// announcing itself (service "hub" alone).
     pub async fn stop_providing(&mut self) {
-        let hub_only = self.shared.hub.as_ref().map(|_| {
-            let before = self.shared.provide.borrow().clone();
-            let mut p =
-                ProvideConfig::hub_only(before.as_ref().map_or(Country::UNKNOWN, |p| p.country));
-            if let Some(before) = before {
-                p.offer_lifetime = before.offer_lifetime;
-            }
-            p
-        });
-        if self.announce(hub_only).await.is_err() {
-            // The lifetime was checked when it was first announced; never reached.
-            self.stop_announcing().await;
-        }
-    }
-
-    /// Replaces what this node announces: `None` stops announcing anything.
-    async fn announce(&mut self, provide: Option<ProvideConfig>) -> Result<(), StartError> {
-        let provide = provide.map(|mut p| {
-            if self.shared.hub.is_some() && !p.services.contains(&Service::hub()) {
-                p.services.push(Service::hub());
-            }
-            p
-        });
-        if let Some(p) = &provide {
-            p.check()?;
-        }
-        self.stop_announcing().await;
-        let Some(provide) = provide else {
-            return Ok(());
-        };
-        let token = self.cancel.child_token();
-        self.shared.provide.send_replace(Some(provide.clone()));
-        let task = tokio::spawn(market::provide_loop(
-            self.shared.clone(),
-            self.identity.clone(),
-            provide,
-            token.clone(),
-        ));
-        self.provider = Some((token, task));
-        Ok(())
+        stop_providing(&self.shared).await;
     }
 
     async fn stop_announcing(&mut self) {
-        if let Some((token, task)) = self.provider.take() {
-            token.cancel();
-            let _ = task.await;
-        }
-        self.shared.provide.send_replace(None);
-        self.shared.own_offer.send_replace(None);
-        self.shared.proxy_offer.send_replace(None);
+        let _ = announce(&self.shared, None).await;
     }
 
     /// This node's wallet: balances at its hub, top-ups, promises to settle.

@@ -150,6 +150,68 @@ async fn every_endpoint_answers_and_errors_say_what_was_wrong() {
     assert_eq!(closed.status, 200);
     assert_eq!(closed.body["closed"], false);
 
+    // Selling on and off, and the exit policy, through the API.
+    let policy = api.get("/api/v1/provider/policy").await;
+    assert_eq!(policy.status, 200);
+    assert_eq!(policy.body["max_sessions"], 32, "{}", policy.body);
+    assert!(
+        policy.body["default_deny"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d == "loopback")
+    );
+    let no_country = api
+        .send(
+            "PUT",
+            "/api/v1/provider",
+            r#"{"price_per_gib": 5, "price_per_hour": 1}"#,
+        )
+        .await;
+    assert_eq!(
+        (no_country.status, error_kind(&no_country)),
+        (400, "bad_request")
+    );
+    let sell = api
+        .send(
+            "PUT",
+            "/api/v1/provider",
+            r#"{"price_per_gib": 50000000, "price_per_hour": 1000000, "country": "DE"}"#,
+        )
+        .await;
+    assert_eq!(sell.status, 200, "{}", sell.body);
+    assert_eq!(sell.body["country"], "DE");
+    assert_eq!(sell.body["price_per_gib"], 50_000_000);
+    let cheaper = api
+        .send(
+            "PUT",
+            "/api/v1/provider",
+            r#"{"price_per_gib": 1, "price_per_hour": 0}"#,
+        )
+        .await;
+    assert_eq!(
+        (cheaper.status, cheaper.body["country"].clone()),
+        (200, "DE".into())
+    );
+    let s = api.get("/api/v1/status").await;
+    assert_eq!(s.body["provider"]["price_per_gib"], 1, "{}", s.body);
+    let stop = api.send("DELETE", "/api/v1/provider", "").await;
+    assert_eq!(
+        (stop.status, stop.body["was_selling"].clone()),
+        (200, true.into())
+    );
+    let s = api.get("/api/v1/status").await;
+    assert!(s.body["provider"].is_null(), "{}", s.body);
+    let unauthorised = request(
+        api.addr,
+        "PUT",
+        "/api/v1/provider",
+        &[("Host", &api.host)],
+        r#"{"price_per_gib": 1, "price_per_hour": 0, "country": "DE"}"#,
+    )
+    .await;
+    assert_eq!(unauthorised.status, 401);
+
     let served = api.get("/api/v1/provider/sessions").await;
     assert_eq!(
         (served.status, served.body.clone()),

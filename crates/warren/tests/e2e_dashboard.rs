@@ -312,6 +312,16 @@ fn the_dashboard_browses_connects_and_shows_the_provider_earning() {
         selling.as_str().unwrap().contains("Selling in DE"),
         "{selling}"
     );
+    // The exit policy is listed, and the prices change from the page.
+    let rules = browser.script("return document.querySelectorAll('#policy tbody tr').length;");
+    assert!(rules.as_u64().unwrap() >= 3, "{rules}");
+    browser.script("document.getElementById('sell-gib').value = '0.05'; return true;");
+    browser.click("#sell-start");
+    browser.until(
+        "the new price is on sale",
+        Duration::from_secs(20),
+        "return document.getElementById('selling').textContent.includes('0.05 WRN/GiB');",
+    );
     browser.screenshot("dashboard-provider.png");
     drop(browser);
 

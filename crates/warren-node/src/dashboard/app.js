@@ -160,6 +160,13 @@ function renderStatus(s) {
     ? "Selling in " + s.provider.country + " at " + s.provider.price_per_gib / NANO + " WRN/GiB and " +
       s.provider.price_per_hour / NANO + " WRN/hour (" + s.provider.ip_kind + "); serving " + s.serving + " session(s)."
     : "Not selling. Start the node with --provide --price-gib WRN --price-hour WRN to sell bandwidth.";
+  $("sell-stop").disabled = !s.provider;
+  if (s.provider && !state.sellFilled) {
+    state.sellFilled = true;
+    $("sell-gib").value = s.provider.price_per_gib / NANO;
+    $("sell-hour").value = s.provider.price_per_hour / NANO;
+    $("sell-country").value = s.provider.country;
+  }
   $("n-id").textContent = s.node_id;
   $("n-peers").textContent = String(s.peers);
   $("n-nat").textContent = s.reachability;
@@ -218,6 +225,35 @@ function chart(canvas, series, colours) {
   });
 }
 
+// NANO-exact conversion of a decimal WRN text (at most 9 decimals), as the CLI does.
+function toNano(text) {
+  const m = /^(\d+)(?:\.(\d{0,9}))?$/.exec(text.trim());
+  if (!m) throw new Error("prices are decimal WRN with at most 9 decimals, not " + JSON.stringify(text));
+  return Number(m[1]) * NANO + Number((m[2] || "").padEnd(9, "0"));
+}
+
+function renderPolicy(p) {
+  const caps = "At most " + p.max_sessions + " sessions, " + p.max_flows_per_session + " flows each" +
+    (p.max_bytes_per_session ? ", " + bytes(p.max_bytes_per_session) + " a session" : "") + ".";
+  $("policy-caps").textContent = caps;
+  const body = $("policy").querySelector("tbody");
+  body.replaceChildren();
+  let n = 0;
+  const add = (action, what) => {
+    const row = document.createElement("tr");
+    cell(row, String(++n));
+    cell(row, action);
+    cell(row, what);
+    body.appendChild(row);
+  };
+  for (const r of p.rules) {
+    add(r.action, [r.cidr, r.domain_suffix && "*." + r.domain_suffix, r.ports && "ports " + r.ports].filter(Boolean).join(", ") || "everything");
+  }
+  for (const a of p.allow) add("allow", a + " (--exit-allow)");
+  for (const d of p.default_deny) add("deny", d + " (default)");
+  add("allow", "everything else");
+}
+
 async function refresh() {
   try {
     const [status, offers, served, wallet] = await Promise.all([
@@ -231,6 +267,10 @@ async function refresh() {
     renderOffers();
     renderServed(served);
     if (wallet) renderWallet(wallet);
+    if (!state.policy) {
+      state.policy = await api("GET", "/api/v1/provider/policy");
+      renderPolicy(state.policy);
+    }
   } catch (e) {
     showError("The node did not answer: " + e.message);
   }
@@ -249,6 +289,24 @@ function listen() {
     events.addEventListener(kind, () => refresh());
   }
 }
+
+$("sell").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  showError("");
+  try {
+    const body = { price_per_gib: toNano($("sell-gib").value), price_per_hour: toNano($("sell-hour").value) };
+    const cc = $("sell-country").value.trim().toUpperCase();
+    if (cc) body.country = cc;
+    await api("PUT", "/api/v1/provider", body);
+  } catch (err) {
+    showError("Could not start selling: " + err.message);
+  }
+  refresh();
+});
+$("sell-stop").addEventListener("click", async () => {
+  try { await api("DELETE", "/api/v1/provider"); } catch (err) { showError(err.message); }
+  refresh();
+});
 
 $("filters").addEventListener("input", renderOffers);
 $("filters").addEventListener("submit", (e) => e.preventDefault());

@@ -138,3 +138,40 @@ impl TestNet {
         futures::future::join_all(self.nodes.into_iter().map(NodeHandle::shutdown)).await;
     }
 }
+
+/// A TCP server on 127.0.0.1 for flows to reach: to each client it sends `send` bytes (of
+/// the value 7), then either echoes what it reads (`echo`) or closes. Runs until the test's
+/// runtime ends.
+pub async fn byte_server(send: usize, echo: bool) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("its address");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let chunk = vec![7u8; 256 * 1024];
+                let mut left = send;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if s.write_all(&chunk[..n]).await.is_err() {
+                        return;
+                    }
+                    left -= n;
+                }
+                if !echo {
+                    let _ = s.shutdown().await;
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}

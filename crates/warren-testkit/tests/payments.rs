@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use warren_node::session::consumer::{ConnectError, ConnectRequest};
 use warren_node::{HubConfig, NodeConfig, NodeHandle, ProvideConfig};
 use warren_pay::window::{self, MIB};
@@ -97,27 +96,8 @@ impl Net {
     }
 }
 
-/// A server on 127.0.0.1 that sends `send` bytes to each client, then closes.
 async fn server(send: usize) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let chunk = vec![7u8; 256 * 1024];
-                let mut left = send;
-                while left > 0 {
-                    let n = left.min(chunk.len());
-                    if s.write_all(&chunk[..n]).await.is_err() {
-                        return;
-                    }
-                    left -= n;
-                }
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    addr
+    warren_testkit::byte_server(send, false).await
 }
 
 fn target(addr: SocketAddr) -> Target {

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use warren_node::config::FileConfig;
 use warren_node::session::consumer::{ConnectError, ConnectRequest};
 use warren_node::{NodeConfig, NodeHandle, ProvideConfig};
@@ -46,24 +45,8 @@ async fn consumer(via: &NodeHandle) -> NodeHandle {
     node
 }
 
-/// A server on 127.0.0.1 that sends `send` bytes to each client, then echoes what it reads.
 async fn server(send: usize) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let _ = s.write_all(&vec![7u8; send]).await;
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
+    warren_testkit::byte_server(send, true).await
 }
 
 fn target(addr: SocketAddr) -> Target {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::web::curl;
-use support::{ChildGuard, eventually, free_port, lines_of, warren, warren_bin};
+use support::{ChildGuard, eventually, free_port, warren};
 
 fn found(program: &str) -> bool {
     Command::new("sh")
@@ -196,35 +196,7 @@ fn the_dashboard_browses_connects_and_shows_the_provider_earning() {
     let dir = tempfile::tempdir().unwrap();
     let api = format!("127.0.0.1:{}", free_port());
     let socks = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(warren_bin())
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args([
-            "--api",
-            &api,
-            "testnet",
-            "--providers",
-            "3",
-            "--socks",
-            &socks,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start warren testnet");
-    let mut guard = ChildGuard(Some(child));
-    let rx = lines_of(guard.0.as_mut().unwrap().stdout.take().unwrap());
-    let mut printed = Vec::new();
-    while !printed
-        .last()
-        .is_some_and(|l: &String| l.starts_with("Press Ctrl-C"))
-    {
-        printed.push(
-            rx.recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|_| panic!("testnet did not come up: {printed:?}")),
-        );
-    }
+    let (guard, printed) = support::start_testnet(dir.path(), &api, &socks, 3);
     let dashboard = format!("http://{api}/");
     assert!(
         printed.iter().any(|l| l.contains(&dashboard)),

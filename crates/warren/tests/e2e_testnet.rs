@@ -4,10 +4,10 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use support::{ChildGuard, free_port, lines_of, warren, warren_bin};
+use support::{free_port, warren};
 
 #[test]
 fn testnet_offers_several_countries_and_stops_cleanly() {
@@ -15,45 +15,8 @@ fn testnet_offers_several_countries_and_stops_cleanly() {
     let socks = format!("127.0.0.1:{}", free_port());
     // The testnet leaves its consumer's API token here, where the CLI below looks.
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(warren_bin())
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args([
-            "--api",
-            &api,
-            "testnet",
-            "--providers",
-            "4",
-            "--socks",
-            &socks,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start warren testnet");
-    let stdout = child.stdout.take().unwrap();
-    let mut guard = ChildGuard(Some(child));
+    let (mut guard, printed) = support::start_testnet(dir.path(), &api, &socks, 4);
     let testnet = guard.0.as_mut().unwrap();
-    let rx = lines_of(stdout);
-    let mut printed = Vec::new();
-    loop {
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => {
-                let done = line.starts_with("Press Ctrl-C");
-                printed.push(line);
-                if done {
-                    break;
-                }
-            }
-            Err(_) => {
-                panic!(
-                    "testnet never became ready; printed:\n{}",
-                    printed.join("\n")
-                );
-            }
-        }
-    }
     let text = printed.join("\n");
     assert!(
         text.contains(&format!("warren --api {api} offers")),

@@ -249,3 +249,47 @@ pub fn eventually<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> O
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A `warren testnet` process on 127.0.0.1 (API on `api`, the consumer's SOCKS5 on `socks`,
+/// `providers` providers, its consumer's API token left in `data_dir`), once it printed
+/// its instructions; returns the process and every line it printed.
+pub fn start_testnet(
+    data_dir: &Path,
+    api: &str,
+    socks: &str,
+    providers: usize,
+) -> (ChildGuard, Vec<String>) {
+    let mut child = Command::new(warren_bin())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args([
+            "--api",
+            api,
+            "testnet",
+            "--providers",
+            &providers.to_string(),
+        ])
+        .args(["--socks", socks])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start warren testnet");
+    let stdout = child.stdout.take().expect("stdout");
+    let guard = ChildGuard(Some(child));
+    let rx = lines_of(stdout);
+    let mut printed: Vec<String> = Vec::new();
+    while !printed
+        .last()
+        .is_some_and(|l| l.starts_with("Press Ctrl-C"))
+    {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => printed.push(line),
+            Err(_) => panic!(
+                "testnet never became ready; printed:\n{}",
+                printed.join("\n")
+            ),
+        }
+    }
+    (guard, printed)
+}

@@ -325,14 +325,18 @@ pub(crate) fn gauges(shared: &crate::Shared) -> Gauges {
     }
 }
 
-/// Bytes carried since start per (role, direction): ended sessions plus live ones.
-fn totals(c: &Counters, g: &Gauges) -> [u64; 4] {
+/// Bytes carried since start per (role, direction): ended sessions plus live ones. Reads
+/// only the sessions, not the catalog: it runs every second.
+fn totals(shared: &crate::Shared) -> [u64; 4] {
+    let c = &shared.telemetry.counters;
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let session = shared.consumer.view();
+    let served = shared.provider.sessions();
     [
-        get(&c.ended_consumer_up).saturating_add(g.live_consumer_up),
-        get(&c.ended_consumer_down).saturating_add(g.live_consumer_down),
-        get(&c.ended_provider_up).saturating_add(g.live_provider_up),
-        get(&c.ended_provider_down).saturating_add(g.live_provider_down),
+        get(&c.ended_consumer_up).saturating_add(session.as_ref().map_or(0, |s| s.bytes_up)),
+        get(&c.ended_consumer_down).saturating_add(session.as_ref().map_or(0, |s| s.bytes_down)),
+        get(&c.ended_provider_up).saturating_add(served.iter().map(|s| s.bytes_up).sum()),
+        get(&c.ended_provider_down).saturating_add(served.iter().map(|s| s.bytes_down).sum()),
     ]
 }
 
@@ -346,7 +350,7 @@ pub(crate) async fn run(
     let mut offers = shared.market.subscribe();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last = totals(&telemetry.counters, &gauges(&shared));
+    let mut last = totals(&shared);
     loop {
         tokio::select! {
             () = cancel.cancelled() => {
@@ -368,7 +372,7 @@ pub(crate) async fn run(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             _ = tick.tick() => {
-                let now = totals(&telemetry.counters, &gauges(&shared));
+                let now = totals(&shared);
                 let d = |i: usize| now[i].saturating_sub(last[i]);
                 telemetry.emit(Event::Throughput {
                     consumer_up: d(0),

@@ -346,6 +346,11 @@ impl Payee {
         self.invoiced
     }
 
+    /// The cumulative amount of the best promise held (the session's `base` until one came).
+    pub fn promised(&self) -> Amount {
+        self.best_cumulative
+    }
+
     /// The best promise received in this session, to settle at the hub; `None` until one
     /// came.
     pub fn latest_promise(&self) -> Option<&SignedPromise> {

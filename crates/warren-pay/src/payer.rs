@@ -299,6 +299,11 @@ impl Payer {
         self.promised
     }
 
+    /// The cumulative amount of the last well-formed invoice (zero before the first).
+    pub fn billed(&self) -> Amount {
+        self.last_billed
+    }
+
     /// The newest invoice that was too high and is waiting to become acceptable.
     pub fn waiting_invoice(&self) -> Option<&Invoice> {
         self.waiting.as_ref()

@@ -254,13 +254,18 @@ function renderPolicy(p) {
   add("allow", "everything else");
 }
 
-async function refresh() {
+// The wallet asks the hub, so it is read on changes and every 10 s, not on every tick.
+let walletRead = 0;
+
+async function refresh(withWallet = true) {
   try {
     const [status, offers, served, wallet] = await Promise.all([
       api("GET", "/api/v1/status"),
       api("GET", "/api/v1/offers?service=proxy"),
       api("GET", "/api/v1/provider/sessions"),
-      api("GET", "/api/v1/wallet").catch(() => null),
+      withWallet || Date.now() - walletRead > 10000
+        ? api("GET", "/api/v1/wallet").then((w) => { walletRead = Date.now(); return w; }).catch(() => null)
+        : Promise.resolve(null),
     ]);
     state.offers = offers;
     renderStatus(status);
@@ -285,9 +290,14 @@ function listen() {
     chart($("throughput"), [state.throughput.map((p) => p[0]), state.throughput.map((p) => p[1])], ["#2457c5", "#c56a24"]);
     $("throughput-now").textContent = bytes(t.consumer_down + t.provider_down) + "/s down, " + bytes(t.consumer_up + t.provider_up) + "/s up";
   });
-  for (const kind of ["offer_added", "offer_removed", "session_opened", "session_closed", "payment"]) {
+  for (const kind of ["offer_added", "offer_removed", "session_opened", "session_closed"]) {
     events.addEventListener(kind, () => refresh());
   }
+  // Payments come many times a second on a busy session: at most one refresh a second for
+  // them, and the wallet on its own 10 s rule.
+  let paymentSeen = false;
+  events.addEventListener("payment", () => { paymentSeen = true; });
+  setInterval(() => { if (paymentSeen) { paymentSeen = false; refresh(false); } }, 1000);
 }
 
 $("sell").addEventListener("submit", async (e) => {
@@ -330,4 +340,4 @@ $("settle").addEventListener("click", async () => {
 showView();
 refresh();
 listen();
-setInterval(refresh, 2000);
+setInterval(() => refresh(false), 2000);

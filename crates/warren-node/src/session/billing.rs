@@ -243,9 +243,7 @@ impl Billing for Billed {
         match self.payee.handle_promise(now, &promise) {
             Ok(()) => {
                 Counters::inc(&counters.promises_received);
-                if let Ok(p) = promise.verify() {
-                    self.report.payment("provider", p.cumulative);
-                }
+                self.report.payment("provider", self.payee.promised());
                 self.unkept = Some(promise);
             }
             Err(PromiseError::NotNewer { .. }) => {}
@@ -361,9 +359,12 @@ impl Paying {
             }
         }
         if let Some(p) = self.payer.poll_transmit() {
-            // Promises are cumulative: a newer one replaces one not yet sent.
-            if let Ok(promise) = p.verify() {
-                self.outgoing = Some((p, promise.cumulative));
+            // Promises are cumulative: a newer one replaces one not yet sent. The core just
+            // signed it for `base + promised`.
+            let terms = self.payer.terms();
+            let cumulative = terms.base.checked_add(self.payer.promised());
+            if let Some(cumulative) = cumulative {
+                self.outgoing = Some((p, cumulative));
             }
         }
     }
@@ -381,11 +382,7 @@ impl Billing for Paying {
         };
         Counters::inc(&self.report.telemetry.counters.invoices_received);
         match self.payer.handle_invoice(now, &invoice) {
-            Ok(()) => {
-                if let Ok(i) = invoice.verify() {
-                    self.report.invoice("consumer", i.cumulative);
-                }
-            }
+            Ok(()) => self.report.invoice("consumer", self.payer.billed()),
             Err(e) => debug!("invoice refused: {e}"),
         }
         self.take_events();

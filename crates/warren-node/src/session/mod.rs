@@ -134,12 +134,7 @@ pub(crate) async fn drive<B: Billing>(
     let mut peer_open = true;
     loop {
         let now = Instant::now();
-        while let Some(ev) = session.poll_event() {
-            if let SessionEvent::Invoice(record) | SessionEvent::Promise(record) = &ev {
-                billing.on_record(now, record);
-            }
-            on_event(ev);
-        }
+        deliver_events(&mut session, billing, &mut on_event);
         if !session.is_closed() {
             session.record_bytes(meter.up(), meter.down());
             billing.on_traffic(now, &meter);
@@ -166,12 +161,7 @@ pub(crate) async fn drive<B: Billing>(
             session.close(Instant::now(), CloseReason::Timeout);
         }
         if session.is_closed() {
-            while let Some(ev) = session.poll_event() {
-                if let SessionEvent::Invoice(record) | SessionEvent::Promise(record) = &ev {
-                    billing.on_record(Instant::now(), record);
-                }
-                on_event(ev);
-            }
+            deliver_events(&mut session, billing, &mut on_event);
             // One last try to send the Close the core queued.
             let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
                 let _ = flush(&mut session, &mut stream).await;
@@ -229,6 +219,20 @@ pub(crate) async fn drive<B: Billing>(
                 session.close(Instant::now(), reason.unwrap_or(CloseReason::Shutdown));
             }
         }
+    }
+}
+
+/// Hands the session's waiting events to `on_event`, payment records to `billing` first.
+fn deliver_events<B: Billing>(
+    session: &mut Session,
+    billing: &mut B,
+    on_event: &mut impl FnMut(SessionEvent),
+) {
+    while let Some(ev) = session.poll_event() {
+        if let SessionEvent::Invoice(record) | SessionEvent::Promise(record) = &ev {
+            billing.on_record(Instant::now(), record);
+        }
+        on_event(ev);
     }
 }
 

@@ -12,6 +12,8 @@ const ENTRY_DOMAIN: &[u8] = b"warren/channel-entry/v1\0";
 pub const MAX_TITLE: usize = 256;
 /// Longest media type (`video/mp4`), in bytes.
 pub const MAX_MEDIA_TYPE: usize = 64;
+/// Longest channel name, in bytes.
+pub const MAX_CHANNEL_NAME: usize = 64;
 /// A signed entry's body is never larger than this.
 const MAX_BODY: usize = 1024;
 
@@ -58,6 +60,8 @@ pub struct EntryHash(pub [u8; 32]);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub publisher: NodeId,
+    /// The channel's name, as its publisher calls it (the key is the channel's identity).
+    pub channel: String,
     /// 0 for the first entry, then one more each time.
     pub seq: u64,
     /// The hash of entry `seq − 1`; `None` only for entry 0.
@@ -114,6 +118,9 @@ fn check_shape(entry: &Entry) -> Result<(), EntryError> {
     }
     if entry.media_type.len() > MAX_MEDIA_TYPE {
         return Err(EntryError::FieldTooLong("media type"));
+    }
+    if entry.channel.len() > MAX_CHANNEL_NAME {
+        return Err(EntryError::FieldTooLong("channel name"));
     }
     if (entry.seq == 0) != entry.prev.is_none() {
         return Err(EntryError::Malformed(
@@ -286,9 +293,11 @@ impl Channel {
 
     /// Builds the next entry of this channel for `content`, signed by `publisher`, and
     /// appends it.
+    #[allow(clippy::too_many_arguments)]
     pub fn publish(
         &mut self,
         publisher: &Identity,
+        channel: &str,
         content: ContentId,
         title: &str,
         media_type: &str,
@@ -297,6 +306,7 @@ impl Channel {
     ) -> Result<SignedEntry, ChannelError> {
         let entry = Entry {
             publisher: publisher.node_id(),
+            channel: channel.to_string(),
             seq: self.len(),
             prev: self.entries.last().map(SignedEntry::hash),
             content,

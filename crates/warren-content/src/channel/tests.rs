@@ -14,6 +14,7 @@ fn chain(n: usize) -> Vec<SignedEntry> {
             let blob = format!("blob {i}");
             ch.publish(
                 &me,
+                "news",
                 ContentId::of(blob.as_bytes()),
                 &format!("entry {i}"),
                 "text/plain",
@@ -119,6 +120,7 @@ fn truncated_and_oversized_entries_are_malformed_never_a_panic() {
     let me = publisher();
     let long = Entry {
         publisher: me.node_id(),
+        channel: "news".into(),
         seq: 0,
         prev: None,
         content: ContentId::of(b""),

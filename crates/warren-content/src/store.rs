@@ -1,0 +1,388 @@
+//! The blob store in a node's data dir: complete blobs with their outboards, and partial
+//! downloads that survive a restart.
+//!
+//! ```text
+//! blobs/<id>          a complete blob's bytes
+//! blobs/<id>.obao4    its post-order outboard (16 KiB chunk groups)
+//! blobs/<id>.part     a download under way: verified pieces at their offsets
+//! blobs/<id>.have     the download's size and which pieces are in the .part file
+//! ```
+//!
+//! Every piece that enters a `.part` file has verified against the id; a finished download
+//! is hashed whole once more before it becomes a blob. Files appear by rename, so a crash
+//! leaves either the old state or the new one. Calls block; run them off the async runtime.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ContentId;
+use crate::blob::{self, MAX_BLOB_BYTES, PieceError, piece_bytes, piece_count};
+
+const OUTBOARD: &str = "obao4";
+
+/// Why the store could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("this node does not hold {0}")]
+    NotFound(ContentId),
+    #[error("the file's bytes hash to {got}, not to {want}")]
+    HashMismatch { want: ContentId, got: ContentId },
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Piece(#[from] PieceError),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+fn at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::File {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A directory of blobs. Cheap to clone; every call goes to the file system.
+#[derive(Clone, Debug)]
+pub struct BlobStore {
+    dir: PathBuf,
+}
+
+impl BlobStore {
+    /// Opens (creating) the store in `dir`, clearing temporary files a crash left behind.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(at(&dir))?;
+        for entry in fs::read_dir(&dir).map_err(at(&dir))?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("tmp-") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(BlobStore { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where a complete blob's bytes are.
+    pub fn data_path(&self, id: &ContentId) -> PathBuf {
+        self.dir.join(id.to_string())
+    }
+
+    fn outboard_path(&self, id: &ContentId) -> PathBuf {
+        self.dir.join(format!("{id}.{OUTBOARD}"))
+    }
+
+    /// Where a download's verified pieces are.
+    pub fn part_path(&self, id: &ContentId) -> PathBuf {
+        self.dir.join(format!("{id}.part"))
+    }
+
+    fn have_path(&self, id: &ContentId) -> PathBuf {
+        self.dir.join(format!("{id}.have"))
+    }
+
+    fn temp_path(&self) -> PathBuf {
+        let mut r = [0u8; 8];
+        getrandom::fill(&mut r).expect("the OS has randomness");
+        self.dir.join(format!("tmp-{}", hex::encode(r)))
+    }
+
+    /// The size of a complete blob held here.
+    pub fn size(&self, id: &ContentId) -> Option<u64> {
+        let data = fs::metadata(self.data_path(id)).ok()?;
+        fs::metadata(self.outboard_path(id)).ok()?;
+        Some(data.len())
+    }
+
+    pub fn contains(&self, id: &ContentId) -> bool {
+        self.size(id).is_some()
+    }
+
+    /// Every complete blob and its size.
+    pub fn list(&self) -> Vec<(ContentId, u64)> {
+        let Ok(dir) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(ContentId, u64)> = dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<ContentId>().ok())
+            .filter_map(|id| Some((id, self.size(&id)?)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Bytes taken by complete blobs and downloads under way.
+    pub fn total_bytes(&self) -> u64 {
+        let held: u64 = self.list().iter().map(|(_, s)| s).sum();
+        let parts: u64 = fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        held + parts
+    }
+
+    /// Forgets a blob (complete or partial).
+    pub fn remove(&self, id: &ContentId) -> Result<(), StoreError> {
+        for path in [
+            self.data_path(id),
+            self.outboard_path(id),
+            self.part_path(id),
+            self.have_path(id),
+        ] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(at(&path)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the file at `path` into the store; returns its id and size. Reading it twice
+    /// (copy, then hash) keeps memory flat whatever the file's size.
+    pub fn import_file(&self, path: &Path) -> Result<(ContentId, u64), StoreError> {
+        let mut src = File::open(path).map_err(at(path))?;
+        let size = src.metadata().map_err(at(path))?.len();
+        if size > MAX_BLOB_BYTES {
+            return Err(PieceError::TooLarge.into());
+        }
+        let tmp = self.temp_path();
+        let copied = {
+            let mut dst = File::create(&tmp).map_err(at(&tmp))?;
+            io::copy(&mut src, &mut dst).map_err(at(path))?
+        };
+        let result = self.adopt(&tmp, copied, None);
+        let _ = fs::remove_file(&tmp);
+        result.map(|id| (id, copied))
+    }
+
+    /// Puts `bytes` into the store (small blobs, tests).
+    pub fn import_bytes(&self, bytes: &[u8]) -> Result<(ContentId, u64), StoreError> {
+        let tmp = self.temp_path();
+        fs::write(&tmp, bytes).map_err(at(&tmp))?;
+        let result = self.adopt(&tmp, bytes.len() as u64, None);
+        let _ = fs::remove_file(&tmp);
+        result.map(|id| (id, bytes.len() as u64))
+    }
+
+    /// Hashes the file at `data` (of `size` bytes), writes its outboard, and moves both into
+    /// place under the hash. With `want`, refuses a file that hashes to something else.
+    fn adopt(
+        &self,
+        data: &Path,
+        size: u64,
+        want: Option<ContentId>,
+    ) -> Result<ContentId, StoreError> {
+        let tmp_outboard = self.temp_path();
+        let id = {
+            let reader = BufReader::with_capacity(1 << 20, File::open(data).map_err(at(data))?);
+            let mut writer =
+                BufWriter::new(File::create(&tmp_outboard).map_err(at(&tmp_outboard))?);
+            let id = blob::outboard(reader.take(size), size, &mut writer).map_err(at(data))?;
+            writer.flush().map_err(at(&tmp_outboard))?;
+            id
+        };
+        if let Some(want) = want
+            && want != id
+        {
+            let _ = fs::remove_file(&tmp_outboard);
+            return Err(StoreError::HashMismatch { want, got: id });
+        }
+        let outboard = self.outboard_path(&id);
+        fs::rename(&tmp_outboard, &outboard).map_err(at(&outboard))?;
+        let dest = self.data_path(&id);
+        fs::rename(data, &dest).map_err(at(&dest))?;
+        Ok(id)
+    }
+
+    /// Encodes piece `piece` of a complete blob for a peer, verifying it as it is read.
+    pub fn encode_piece(&self, id: &ContentId, piece: u64) -> Result<Vec<u8>, StoreError> {
+        let size = self.size(id).ok_or(StoreError::NotFound(*id))?;
+        let data = File::open(self.data_path(id)).map_err(|_| StoreError::NotFound(*id))?;
+        let outboard = File::open(self.outboard_path(id)).map_err(|_| StoreError::NotFound(*id))?;
+        let mut out = Vec::with_capacity(blob::PIECE_BYTES as usize + 4096);
+        blob::encode_piece(*id, size, &data, &outboard, piece, &mut out)?;
+        Ok(out)
+    }
+
+    /// Opens (or resumes) the download of `id`, `size` bytes long. A download begun before
+    /// with another size starts over (the size is checked by the last piece in any case).
+    pub fn partial(&self, id: ContentId, size: u64) -> Result<Partial, StoreError> {
+        if size > MAX_BLOB_BYTES {
+            return Err(PieceError::TooLarge.into());
+        }
+        let part = self.part_path(&id);
+        let have_path = self.have_path(&id);
+        let pieces = piece_count(size) as usize;
+        let mut have = vec![false; pieces];
+        if let Ok(bytes) = fs::read(&have_path)
+            && let Ok(meta) = postcard::from_bytes::<HaveFile>(&bytes)
+            && meta.size == size
+            && meta.have.len() == pieces.div_ceil(8)
+        {
+            for (i, h) in have.iter_mut().enumerate() {
+                *h = meta.have[i / 8] & (1 << (i % 8)) != 0;
+            }
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&part)
+            .map_err(at(&part))?;
+        if have.iter().all(|h| !h) {
+            file.set_len(0).map_err(at(&part))?;
+        }
+        Ok(Partial {
+            store: self.clone(),
+            id,
+            size,
+            file,
+            have,
+        })
+    }
+
+    /// How far a download of `id` has come: (verified bytes, size), from its `.have` file.
+    pub fn progress(&self, id: &ContentId) -> Option<(u64, u64)> {
+        if let Some(size) = self.size(id) {
+            return Some((size, size));
+        }
+        let meta: HaveFile = postcard::from_bytes(&fs::read(self.have_path(id)).ok()?).ok()?;
+        let pieces = piece_count(meta.size);
+        let have = (0..pieces)
+            .filter(|i| {
+                meta.have
+                    .get(*i as usize / 8)
+                    .is_some_and(|b| b & (1 << (i % 8)) != 0)
+            })
+            .map(|i| {
+                let r = piece_bytes(meta.size, i);
+                r.end - r.start
+            })
+            .sum();
+        Some((have, meta.size))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct HaveFile {
+    size: u64,
+    /// One bit per piece, lowest bit first.
+    have: Vec<u8>,
+}
+
+/// A download under way. One at a time per blob: the node keeps a map of them.
+#[derive(Debug)]
+pub struct Partial {
+    store: BlobStore,
+    id: ContentId,
+    size: u64,
+    file: File,
+    have: Vec<bool>,
+}
+
+impl Partial {
+    pub fn id(&self) -> ContentId {
+        self.id
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The pieces still to fetch, in order.
+    pub fn missing(&self) -> Vec<u64> {
+        (0..self.have.len() as u64)
+            .filter(|i| !self.have[*i as usize])
+            .collect()
+    }
+
+    pub fn has_piece(&self, piece: u64) -> bool {
+        self.have.get(piece as usize).copied().unwrap_or(false)
+    }
+
+    /// Verified bytes so far.
+    pub fn have_bytes(&self) -> u64 {
+        (0..self.have.len() as u64)
+            .filter(|i| self.have[*i as usize])
+            .map(|i| {
+                let r = piece_bytes(self.size, i);
+                r.end - r.start
+            })
+            .sum()
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.have.iter().all(|h| *h)
+    }
+
+    /// Checks an encoded piece a peer sent and keeps it. A piece that does not verify
+    /// changes nothing the download counts on ([`PieceError::Corrupt`]: blame the sender).
+    pub fn add_piece(&mut self, piece: u64, encoded: &[u8]) -> Result<(), StoreError> {
+        if self.has_piece(piece) {
+            return Ok(());
+        }
+        blob::decode_piece(self.id, self.size, piece, encoded, &mut self.file)?;
+        self.have[piece as usize] = true;
+        self.save_have()
+    }
+
+    fn save_have(&self) -> Result<(), StoreError> {
+        let mut bits = vec![0u8; self.have.len().div_ceil(8)];
+        for (i, h) in self.have.iter().enumerate() {
+            if *h {
+                bits[i / 8] |= 1 << (i % 8);
+            }
+        }
+        let bytes = postcard::to_stdvec(&HaveFile {
+            size: self.size,
+            have: bits,
+        })
+        .map_err(|e| io::Error::other(e.to_string()))?;
+        let tmp = self.store.temp_path();
+        fs::write(&tmp, bytes).map_err(at(&tmp))?;
+        let dest = self.store.have_path(&self.id);
+        fs::rename(&tmp, &dest).map_err(at(&dest))?;
+        Ok(())
+    }
+
+    /// Once every piece is in, hashes the whole once more and makes it a blob of the store.
+    /// A mismatch (which verified pieces make impossible short of a disk error) discards
+    /// the download.
+    pub fn finish(self) -> Result<u64, StoreError> {
+        if !self.is_complete() {
+            return Err(io::Error::other("the download is not complete").into());
+        }
+        let part = self.store.part_path(&self.id);
+        self.file.set_len(self.size).map_err(at(&part))?;
+        drop(self.file);
+        match self.store.adopt(&part, self.size, Some(self.id)) {
+            Ok(_) => {
+                let _ = fs::remove_file(self.store.have_path(&self.id));
+                Ok(self.size)
+            }
+            Err(e) => {
+                let _ = self.store.remove(&self.id);
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,118 @@
+use super::*;
+use crate::blob::PIECE_BYTES;
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
+}
+
+fn stores() -> (tempfile::TempDir, BlobStore, BlobStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let a = BlobStore::open(dir.path().join("a")).unwrap();
+    let b = BlobStore::open(dir.path().join("b")).unwrap();
+    (dir, a, b)
+}
+
+#[test]
+fn imported_files_are_listed_and_served_by_piece() {
+    let (dir, a, b) = stores();
+    let bytes = data(3 * PIECE_BYTES as usize + 777);
+    let file = dir.path().join("video.mp4");
+    fs::write(&file, &bytes).unwrap();
+    let (id, size) = a.import_file(&file).unwrap();
+    assert_eq!(id, ContentId::of(&bytes));
+    assert_eq!(size, bytes.len() as u64);
+    assert_eq!(a.list(), vec![(id, size)]);
+    assert!(file.exists(), "the original stays where it was");
+
+    let mut part = b.partial(id, size).unwrap();
+    assert_eq!(part.missing(), vec![0, 1, 2, 3]);
+    for piece in part.missing() {
+        part.add_piece(piece, &a.encode_piece(&id, piece).unwrap())
+            .unwrap();
+    }
+    assert_eq!(part.finish().unwrap(), size);
+    assert_eq!(fs::read(b.data_path(&id)).unwrap(), bytes);
+    assert_eq!(b.progress(&id), Some((size, size)));
+    // What b fetched it can serve on.
+    assert_eq!(
+        b.encode_piece(&id, 3).unwrap(),
+        a.encode_piece(&id, 3).unwrap()
+    );
+    assert!(matches!(
+        b.encode_piece(&ContentId::of(b"x"), 0),
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[test]
+fn a_download_resumes_where_it_stopped() {
+    let (_dir, a, b) = stores();
+    let bytes = data(4 * PIECE_BYTES as usize);
+    let (id, size) = a.import_bytes(&bytes).unwrap();
+    {
+        let mut part = b.partial(id, size).unwrap();
+        part.add_piece(2, &a.encode_piece(&id, 2).unwrap()).unwrap();
+        part.add_piece(0, &a.encode_piece(&id, 0).unwrap()).unwrap();
+        // Dropped here: the node stopped.
+    }
+    assert_eq!(b.progress(&id), Some((2 * PIECE_BYTES, size)));
+    let b = BlobStore::open(b.dir().to_path_buf()).unwrap();
+    let mut part = b.partial(id, size).unwrap();
+    assert_eq!(part.missing(), vec![1, 3], "only what was not kept");
+    assert_eq!(part.have_bytes(), 2 * PIECE_BYTES);
+    for piece in part.missing() {
+        part.add_piece(piece, &a.encode_piece(&id, piece).unwrap())
+            .unwrap();
+    }
+    part.finish().unwrap();
+    assert_eq!(fs::read(b.data_path(&id)).unwrap(), bytes);
+}
+
+#[test]
+fn a_corrupt_piece_is_refused_and_the_piece_stays_missing() {
+    let (_dir, a, b) = stores();
+    let bytes = data(2 * PIECE_BYTES as usize);
+    let (id, size) = a.import_bytes(&bytes).unwrap();
+    let mut part = b.partial(id, size).unwrap();
+    let mut bad = a.encode_piece(&id, 1).unwrap();
+    let n = bad.len();
+    bad[n - 10] ^= 0xff;
+    assert!(matches!(
+        part.add_piece(1, &bad),
+        Err(StoreError::Piece(PieceError::Corrupt { piece: 1, .. }))
+    ));
+    assert_eq!(part.missing(), vec![0, 1]);
+    // Pieces of another blob do not fit either.
+    let (other, _) = a.import_bytes(&data(2 * PIECE_BYTES as usize + 1)).unwrap();
+    assert!(
+        part.add_piece(0, &a.encode_piece(&other, 0).unwrap())
+            .is_err()
+    );
+    assert!(!part.is_complete());
+    assert!(part.finish().is_err(), "an incomplete download is no blob");
+    assert!(!b.contains(&id));
+}
+
+#[test]
+fn a_resumed_download_with_another_size_starts_over() {
+    let (_dir, a, b) = stores();
+    let bytes = data(2 * PIECE_BYTES as usize);
+    let (id, size) = a.import_bytes(&bytes).unwrap();
+    let mut part = b.partial(id, size).unwrap();
+    part.add_piece(0, &a.encode_piece(&id, 0).unwrap()).unwrap();
+    drop(part);
+    let part = b.partial(id, size + 1).unwrap();
+    assert_eq!(part.missing(), vec![0, 1, 2]);
+}
+
+#[test]
+fn removing_forgets_blob_and_download() {
+    let (_dir, a, _b) = stores();
+    let (id, _) = a.import_bytes(b"hello").unwrap();
+    assert!(a.contains(&id));
+    assert_eq!(a.total_bytes(), 5);
+    a.remove(&id).unwrap();
+    assert!(!a.contains(&id));
+    assert!(a.list().is_empty());
+    a.remove(&id).unwrap();
+}

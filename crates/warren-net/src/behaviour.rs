@@ -18,6 +18,16 @@ pub(crate) const IDENTIFY_PROTOCOL: &str = "/warren/1.0.0";
 pub(crate) const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/warren/kad/1.0.0");
 pub(crate) const PULL_PROTOCOL: StreamProtocol = StreamProtocol::new("/warren/offers/pull/1");
 pub(crate) const OFFER_TOPIC: &str = "warren/offers/1";
+/// The largest gossip frame, for offers and every other topic alike: room for a 2 KiB
+/// message with its topic name and framing many times over, while still bounding what one
+/// peer can make us read.
+pub const MAX_GOSSIP_BYTES: usize = 16 * 1024;
+const _: () = assert!(MAX_GOSSIP_BYTES >= 4 * warren_types::offer::MAX_OFFER_BYTES);
+/// How long one DHT lookup may run (Kademlia's default is a minute).
+const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Keys the DHT store holds provider records for, ours and other nodes' together: a node
+/// may hold thousands of blobs, and the default (1024) would refuse to announce the rest.
+const MAX_PROVIDED_KEYS: usize = 65536;
 /// The most offers one pull answer may carry, and so the most a peer can make us check.
 pub(crate) const MAX_PULL_OFFERS: usize = 8192;
 const MAX_PULL_REQUEST_BYTES: u64 = (MAX_PULL_OFFERS * 9 + 64) as u64;
@@ -105,8 +115,15 @@ fn make_behaviour(
 
     let mut kad_config = kad::Config::new(KAD_PROTOCOL);
     kad_config.set_periodic_bootstrap_interval(config.kad_bootstrap_interval);
-    let mut kad =
-        kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+    kad_config.set_query_timeout(KAD_QUERY_TIMEOUT);
+    let store = kad::store::MemoryStore::with_config(
+        peer_id,
+        kad::store::MemoryStoreConfig {
+            max_provided_keys: MAX_PROVIDED_KEYS,
+            ..Default::default()
+        },
+    );
+    let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
     // Every Warren node answers DHT queries; a loopback test network never confirms an
     // external address, which would otherwise leave every node a silent client.
     kad.set_mode(Some(kad::Mode::Server));
@@ -117,7 +134,7 @@ fn make_behaviour(
         .heartbeat_interval(config.gossip_heartbeat)
         .validation_mode(gossipsub::ValidationMode::Anonymous)
         .validate_messages()
-        .max_transmit_size(4 * warren_types::offer::MAX_OFFER_BYTES)
+        .max_transmit_size(MAX_GOSSIP_BYTES)
         .message_id_fn(|m: &gossipsub::Message| {
             gossipsub::MessageId::from(&blake3::hash(&m.data).as_bytes()[..20])
         })

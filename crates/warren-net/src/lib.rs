@@ -12,16 +12,27 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use warren_types::{Identity, NodeId};
 
+pub use behaviour::MAX_GOSSIP_BYTES;
 pub use score::{PeerScores, ScoreChange};
 pub use streams::{Incoming, NetStream, StreamError, Streams};
+pub use task::{MAX_PROVIDERS_PER_FIND, MAX_TOPICS};
 
-/// What the network asks of the node about offers. Called on the swarm task, so both
-/// methods must be quick and must not block on the network.
+/// What the network asks of the node about offers and other gossip. Called on the swarm
+/// task, so every method must be quick and must not block on the network.
 pub trait OfferBook: Send + Sync + 'static {
     /// Judge signed offer bytes that `from` sent (by gossip or in answer to a pull).
     fn offer_received(&self, from: NodeId, bytes: &[u8]) -> Verdict;
     /// The signed offers this node holds, to hand a peer that asks for the market.
     fn offers_snapshot(&self) -> Vec<Vec<u8>>;
+    /// Judge a gossip message on a topic joined with [`Network::subscribe`]. `from` is the
+    /// peer that passed it on, not necessarily its author: messages are anonymous, so
+    /// anything that must be attributed has to carry its own signature. The verdict is
+    /// handled like an offer's: `Accept` forwards it, `Reject` counts against `from`.
+    /// Nodes that use no extra topics need not implement it.
+    fn topic_message(&self, topic: &str, from: NodeId, bytes: &[u8]) -> Verdict {
+        let _ = (topic, from, bytes);
+        Verdict::Ignore
+    }
 }
 
 /// The node's judgement of an offer a peer sent.
@@ -135,6 +146,20 @@ pub(crate) enum Command {
         addrs: Vec<String>,
         reply: tokio::sync::oneshot::Sender<Result<(), ConnectError>>,
     },
+    Subscribe(String),
+    Unsubscribe(String),
+    Publish {
+        topic: String,
+        bytes: Vec<u8>,
+    },
+    Provide(Vec<u8>),
+    StopProviding(Vec<u8>),
+    FindProviders {
+        key: Vec<u8>,
+        limit: usize,
+        reply: tokio::sync::oneshot::Sender<Vec<NodeId>>,
+    },
+    Penalise(NodeId),
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -221,6 +246,66 @@ impl Network {
     /// that looks alive until something notices).
     pub async fn disconnect(&self, peer: NodeId) {
         let _ = self.commands.send(Command::Disconnect(peer)).await;
+    }
+
+    /// Joins the gossip topic `topic` (a plain name such as `warren/channel/1/<hex>`); its
+    /// messages go to [`OfferBook::topic_message`]. A node joins at most
+    /// [`MAX_TOPICS`] such topics: beyond that the call is logged and ignored, so a caller
+    /// cannot grow the swarm's state without bound. The offer topic is not one of them.
+    pub async fn subscribe(&self, topic: String) -> Result<(), NetworkGone> {
+        self.send(Command::Subscribe(topic)).await
+    }
+
+    /// Leaves a topic joined with [`Network::subscribe`].
+    pub async fn unsubscribe(&self, topic: String) -> Result<(), NetworkGone> {
+        self.send(Command::Unsubscribe(topic)).await
+    }
+
+    /// Gossips `bytes` on `topic` (joined or not). Best effort, like offers: with no peer on
+    /// the topic yet the message is simply not sent. At most [`MAX_GOSSIP_BYTES`] a message,
+    /// topic name and framing included; larger ones are dropped with a warning.
+    pub async fn publish(&self, topic: String, bytes: Vec<u8>) -> Result<(), NetworkGone> {
+        self.send(Command::Publish { topic, bytes }).await
+    }
+
+    /// Announces in the DHT that this node can serve `key` (a Kademlia provider record),
+    /// and keeps announcing it until [`Network::stop_providing`].
+    pub async fn provide(&self, key: Vec<u8>) -> Result<(), NetworkGone> {
+        self.send(Command::Provide(key)).await
+    }
+
+    /// Stops announcing `key`. Records already handed to other nodes live on until they
+    /// expire, so finders must expect a provider that no longer has it.
+    pub async fn stop_providing(&self, key: Vec<u8>) -> Result<(), NetworkGone> {
+        self.send(Command::StopProviding(key)).await
+    }
+
+    /// Looks `key` up in the DHT and returns up to `limit` (at most
+    /// [`MAX_PROVIDERS_PER_FIND`]) nodes that announced it, never this node nor a banned
+    /// one. It returns as soon as `limit` are found, else when the lookup ends (at most
+    /// 20 s); an empty list means none was found (or too many lookups were running). The
+    /// swarm dials each provider it returns while the lookup still knows its addresses, so
+    /// a [`Streams::open`] to one that follows needs no address.
+    pub async fn find_providers(
+        &self,
+        key: Vec<u8>,
+        limit: usize,
+    ) -> Result<Vec<NodeId>, NetworkGone> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Command::FindProviders { key, limit, reply })
+            .await?;
+        rx.await.map_err(|_| NetworkGone)
+    }
+
+    /// Counts one offence by `peer` (say, a content chunk that failed its hash), like a
+    /// rejected offer: a peer that keeps misbehaving is disconnected and refused for a
+    /// while, and shows in [`NetState::banned`].
+    pub async fn penalise(&self, peer: NodeId) {
+        let _ = self.send(Command::Penalise(peer)).await;
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), NetworkGone> {
+        self.commands.send(cmd).await.map_err(|_| NetworkGone)
     }
 
     /// Raw streams to peers (sessions and flows).

@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
+use libp2p::kad::store::RecordStore;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{
-    Multiaddr, PeerId, Swarm, autonat, gossipsub, identify, identity, mdns, ping, request_response,
+    Multiaddr, PeerId, Swarm, autonat, gossipsub, identify, identity, kad, mdns, ping,
+    request_response,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -45,6 +47,12 @@ const REPULL_EVERY: Duration = Duration::from_secs(30);
 const MAX_CONNECT_WAITERS: usize = 64;
 /// How long spawn waits for listeners to bind.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Extra gossip topics a node joins at most (each costs mesh state and traffic).
+pub const MAX_TOPICS: usize = 1024;
+/// Providers one [`crate::Network::find_providers`] returns at most; each is dialled.
+pub const MAX_PROVIDERS_PER_FIND: usize = 64;
+/// Provider lookups running at once; more are answered empty at once.
+const MAX_PENDING_FINDS: usize = 256;
 
 pub(crate) fn peer_to_node(peer: &PeerId) -> Option<NodeId> {
     let mh = peer.as_ref();
@@ -81,6 +89,14 @@ struct Known {
     last_seen: Instant,
 }
 
+/// A running provider lookup and what it has found so far.
+struct Find {
+    key: kad::RecordKey,
+    limit: usize,
+    found: Vec<PeerId>,
+    reply: tokio::sync::oneshot::Sender<Vec<NodeId>>,
+}
+
 pub(crate) struct SwarmTask {
     swarm: Swarm<Behaviour>,
     book: Arc<dyn OfferBook>,
@@ -99,6 +115,10 @@ pub(crate) struct SwarmTask {
     repulls: usize,
     /// Callers of `Network::connect` waiting for a connection to each peer.
     connecting: HashMap<PeerId, Vec<tokio::sync::oneshot::Sender<Result<(), ConnectError>>>>,
+    /// Extra topics joined, by hash, so the book is told the name a message came on.
+    topics: HashMap<gossipsub::TopicHash, String>,
+    /// Provider lookups waiting for their answer.
+    finds: HashMap<kad::QueryId, Find>,
 }
 
 fn cached_node(ids: &mut HashMap<PeerId, Option<NodeId>>, peer: &PeerId) -> Option<NodeId> {
@@ -141,6 +161,8 @@ impl SwarmTask {
             ids: HashMap::new(),
             repulls: 0,
             connecting: HashMap::new(),
+            topics: HashMap::new(),
+            finds: HashMap::new(),
         };
 
         // Wait until each listener has bound, so callers can hand out real addresses.
@@ -395,15 +417,216 @@ impl SwarmTask {
                 Ok(addr) => self.dial(addr),
                 Err(e) => warn!("not dialling {text:?}: {e}"),
             },
+            Command::Subscribe(name) => self.subscribe(name),
+            Command::Unsubscribe(name) => self.unsubscribe(name),
+            Command::Publish { topic, bytes } => self.publish(topic, bytes),
+            Command::Provide(key) => {
+                let key = kad::RecordKey::new(&key);
+                if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
+                    debug!("could not announce a key in the DHT: {e}");
+                }
+            }
+            Command::StopProviding(key) => {
+                let key = kad::RecordKey::new(&key);
+                self.swarm.behaviour_mut().kad.stop_providing(&key);
+            }
+            Command::FindProviders { key, limit, reply } => self.find_providers(key, limit, reply),
+            Command::Penalise(node) => match node_to_peer(&node) {
+                Some(peer) if peer != *self.swarm.local_peer_id() => self.penalise(peer),
+                _ => debug!(%node, "not penalising this node or a non-peer"),
+            },
         }
     }
 
-    /// Counts a bad message against `peer`, banning it when its score runs out.
+    fn subscribe(&mut self, name: String) {
+        if name == OFFER_TOPIC {
+            warn!("the offer topic is always joined and judged as offers; not joining it again");
+            return;
+        }
+        let topic = gossipsub::IdentTopic::new(name.as_str());
+        let hash = topic.hash();
+        if self.topics.contains_key(&hash) {
+            return;
+        }
+        if self.topics.len() >= MAX_TOPICS {
+            warn!(topic = %name, "not joining: already on {MAX_TOPICS} topics");
+            return;
+        }
+        match self.swarm.behaviour_mut().gossipsub.subscribe(&topic) {
+            Ok(_) => {
+                self.topics.insert(hash, name);
+            }
+            Err(e) => warn!(topic = %name, "could not join the topic: {e}"),
+        }
+    }
+
+    fn unsubscribe(&mut self, name: String) {
+        let topic = gossipsub::IdentTopic::new(name);
+        if self.topics.remove(&topic.hash()).is_some() {
+            self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
+        }
+    }
+
+    fn publish(&mut self, name: String, bytes: Vec<u8>) {
+        if name == OFFER_TOPIC {
+            warn!("not publishing on the offer topic through `publish`; use `publish_offer`");
+            return;
+        }
+        let topic = gossipsub::IdentTopic::new(name.as_str());
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+            Ok(_) => {}
+            // Best effort: nobody on the topic yet, or the same bytes already went out.
+            Err(
+                e @ (gossipsub::PublishError::NoPeersSubscribedToTopic
+                | gossipsub::PublishError::Duplicate),
+            ) => debug!(topic = %name, "not gossiped: {e}"),
+            Err(e) => warn!(topic = %name, "could not gossip a message: {e}"),
+        }
+    }
+
+    fn find_providers(
+        &mut self,
+        key: Vec<u8>,
+        limit: usize,
+        reply: tokio::sync::oneshot::Sender<Vec<NodeId>>,
+    ) {
+        // Lookups whose caller gave up need not hold a slot until they time out.
+        let abandoned: Vec<kad::QueryId> = self
+            .finds
+            .iter()
+            .filter(|(_, f)| f.reply.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in abandoned {
+            self.end_find(id);
+        }
+        let limit = limit.min(MAX_PROVIDERS_PER_FIND);
+        if limit == 0 {
+            let _ = reply.send(Vec::new());
+            return;
+        }
+        if self.finds.len() >= MAX_PENDING_FINDS {
+            warn!("{MAX_PENDING_FINDS} provider lookups already running; answering none");
+            let _ = reply.send(Vec::new());
+            return;
+        }
+        let key = kad::RecordKey::new(&key);
+        let id = self.swarm.behaviour_mut().kad.get_providers(key.clone());
+        self.finds.insert(
+            id,
+            Find {
+                key,
+                limit,
+                found: Vec::new(),
+                reply,
+            },
+        );
+    }
+
+    /// Stops a provider lookup early (if Kademlia still runs it) and answers its caller
+    /// with what it found.
+    fn end_find(&mut self, id: kad::QueryId) {
+        if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+            query.finish();
+        }
+        if let Some(find) = self.finds.remove(&id) {
+            let ids = &mut self.ids;
+            let nodes = find
+                .found
+                .iter()
+                .filter_map(|p| cached_node(ids, p))
+                .collect();
+            let _ = find.reply.send(nodes);
+        }
+    }
+
+    /// Progress of a Kademlia query: provider lookups collect and answer; announcements
+    /// only log.
+    fn on_query(&mut self, id: kad::QueryId, result: kad::QueryResult, step: kad::ProgressStep) {
+        match result {
+            kad::QueryResult::GetProviders(result) => {
+                let local = *self.swarm.local_peer_id();
+                let now = Instant::now();
+                let Some(find) = self.finds.get_mut(&id) else {
+                    return;
+                };
+                let mut new = Vec::new();
+                match result {
+                    Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => {
+                        for p in providers {
+                            if find.found.len() >= find.limit {
+                                break;
+                            }
+                            // Only peers that can be named as nodes count.
+                            if p != local
+                                && !find.found.contains(&p)
+                                && !self.scores.is_banned(&p, now)
+                                && cached_node(&mut self.ids, &p).is_some()
+                            {
+                                find.found.push(p);
+                                new.push(p);
+                            }
+                        }
+                    }
+                    Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => {}
+                    Err(e) => debug!("provider lookup ended early: {e}"),
+                }
+                let done = step.last || find.found.len() >= find.limit || find.reply.is_closed();
+                let key = find.key.clone();
+                for p in new {
+                    self.dial_provider(p, &key);
+                }
+                if done {
+                    self.end_find(id);
+                }
+            }
+            kad::QueryResult::StartProviding(Err(e)) => {
+                debug!("announcing a key in the DHT did not reach every close node: {e}");
+            }
+            _ => {}
+        }
+    }
+
+    /// Dials a provider a lookup just found, while the lookup runs. Kademlia reports
+    /// providers by id only; the addresses they came with live in the running query,
+    /// which Kademlia hands to a dial started now (and forgets when the query ends). A
+    /// provider record already in our own store carries its addresses, so those go too,
+    /// with any we remember. Once connected, identify stores the provider's addresses.
+    fn dial_provider(&mut self, peer: PeerId, key: &kad::RecordKey) {
+        if self.swarm.is_connected(&peer) {
+            return;
+        }
+        let mut addrs: Vec<Multiaddr> = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .providers(key)
+            .into_iter()
+            .filter(|r| r.provider == peer)
+            .flat_map(|r| r.addresses)
+            .take(MAX_ADDRS_PER_PEER)
+            .collect();
+        if let Some(known) = self.known.get(&peer) {
+            addrs.extend(known.addrs.iter().cloned());
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .extend_addresses_through_behaviour()
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            debug!(%peer, "not dialling a provider: {e}");
+        }
+    }
+
+    /// Counts an offence against `peer` (a bad offer or message, or misbehaviour the node
+    /// reported), banning it when its score runs out.
     fn penalise(&mut self, peer: PeerId) {
         match self.scores.penalise(&peer, Instant::now()) {
-            ScoreChange::Lowered { score } => debug!(%peer, score, "peer sent a bad offer"),
+            ScoreChange::Lowered { score } => debug!(%peer, score, "peer misbehaved"),
             ScoreChange::Banned { score } => {
-                warn!(%peer, score, "banning a peer that kept sending bad offers; no action needed");
+                warn!(%peer, score, "banning a peer that kept misbehaving; no action needed");
                 self.swarm.behaviour_mut().blocked.block_peer(peer);
                 self.swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);
             }
@@ -416,6 +639,21 @@ impl SwarmTask {
             return Verdict::Reject;
         };
         self.book.offer_received(node, bytes)
+    }
+
+    /// Judges a gossip message: offers as offers, other joined topics by name. A message
+    /// on a topic just left is dropped quietly.
+    fn judge_gossip(&mut self, from: PeerId, message: &gossipsub::Message) -> Verdict {
+        if message.topic == self.topic {
+            return self.judge(from, &message.data);
+        }
+        let Some(name) = self.topics.get(&message.topic) else {
+            return Verdict::Ignore;
+        };
+        let Some(node) = cached_node(&mut self.ids, &from) else {
+            return Verdict::Reject;
+        };
+        self.book.topic_message(name, node, &message.data)
     }
 
     fn handle_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -495,7 +733,7 @@ impl SwarmTask {
                 message_id,
                 message,
             }) => {
-                let verdict = self.judge(propagation_source, &message.data);
+                let verdict = self.judge_gossip(propagation_source, &message);
                 let acceptance = match verdict {
                     Verdict::Accept => gossipsub::MessageAcceptance::Accept,
                     Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
@@ -608,6 +846,9 @@ impl SwarmTask {
                     }
                 }
             }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            }) => self.on_query(id, result, step),
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
                 self.state.reachability = match new {
                     autonat::NatStatus::Public(_) => Reachability::Public,

@@ -16,6 +16,7 @@ use warren_types::{Amount, Country, IpKind, NodeId, Offer, Service};
 
 use crate::Shared;
 use crate::catalog::OfferFilter;
+use crate::content::api as content;
 use crate::session::consumer::{ConnectError, ConnectRequest, SessionView};
 use crate::session::provider::ServedView;
 use crate::wallet::{DEFAULT_HISTORY, HistoryView, SettleReport, WalletError, WalletView};
@@ -305,6 +306,36 @@ fn routes_with_list(shared: Option<Arc<Shared>>) -> (Router, Vec<(&'static str, 
         ("post", "/api/v1/wallet/settle", post(post_settle)),
         ("get", "/api/v1/wallet/history", get(get_history)),
         ("get", "/api/v1/events", get(get_events)),
+        ("post", "/api/v1/content", post(content::post_content)),
+        (
+            "get",
+            "/api/v1/content/{id}",
+            get(content::get_content_status),
+        ),
+        (
+            "post",
+            "/api/v1/content/{id}/fetch",
+            post(content::post_fetch),
+        ),
+        ("get", "/api/v1/channels", get(content::get_channels)),
+        ("get", "/api/v1/channels/{id}", get(content::get_channel)),
+        (
+            "post",
+            "/api/v1/channels/{id}/follow",
+            post(content::post_follow),
+        ),
+        (
+            "delete",
+            "/api/v1/channels/{id}/follow",
+            delete(content::delete_follow),
+        ),
+        (
+            "post",
+            "/api/v1/channels/{id}/export",
+            post(content::post_export),
+        ),
+        ("post", "/api/v1/import", post(content::post_import)),
+        ("get", "/content/{id}", get(content::get_gateway)),
         ("get", "/api/v1/openapi.json", get(get_openapi)),
         ("get", "/metrics", get(get_metrics)),
         ("get", "/", get(get_dashboard)),
@@ -332,6 +363,9 @@ fn routes_with_list(shared: Option<Arc<Shared>>) -> (Router, Vec<(&'static str, 
         get_status, get_offers, get_session, post_session, delete_session, get_served,
         put_provider, delete_provider, get_policy,
         get_wallet, post_topup, post_settle, get_history, get_events, get_openapi, get_metrics,
+        content::post_content, content::get_content_status, content::post_fetch,
+        content::get_channels, content::get_channel, content::post_follow, content::delete_follow,
+        content::post_export, content::post_import, content::get_gateway,
         get_dashboard, get_dashboard_js, get_dashboard_css
     ),
     components(schemas(ErrorBody, ErrorDetail, crate::telemetry::Event)),

@@ -4,6 +4,7 @@ pub mod api;
 pub mod api_guard;
 pub mod catalog;
 pub mod config;
+pub mod content;
 pub mod hub;
 pub mod keystore;
 mod market;
@@ -102,6 +103,8 @@ pub struct NodeConfig {
     pub accept_hubs: Vec<NodeId>,
     /// How often a provider looks again at a paid session's escrow at the hub.
     pub escrow_recheck: Duration,
+    /// Publishing and replication: the storage quota, how often channels are synced.
+    pub content: content::ContentConfig,
 }
 
 /// Where a proxy front listens.
@@ -126,6 +129,7 @@ impl NodeConfig {
             hub: None,
             accept_hubs: Vec::new(),
             escrow_recheck: session::billing::RECHECK_ESCROW,
+            content: content::ContentConfig::default(),
         }
     }
 }
@@ -152,6 +156,8 @@ pub enum StartError {
     Hub(#[from] hub::HubStartError),
     #[error(transparent)]
     Wallet(#[from] WalletError),
+    #[error("the content store could not be opened: {0}")]
+    Content(String),
 }
 
 /// The task that keeps this node's offer in the market.
@@ -218,6 +224,26 @@ pub(crate) async fn stop_providing(shared: &Arc<Shared>) {
     }
 }
 
+/// What the network asks of the node: offers go to the market, channel news to content.
+struct Books {
+    market: Arc<Market>,
+    content: Arc<content::Content>,
+}
+
+impl warren_net::OfferBook for Books {
+    fn offer_received(&self, from: NodeId, bytes: &[u8]) -> warren_net::Verdict {
+        self.market.offer_received(from, bytes)
+    }
+
+    fn offers_snapshot(&self) -> Vec<Vec<u8>> {
+        self.market.offers_snapshot()
+    }
+
+    fn topic_message(&self, topic: &str, from: NodeId, bytes: &[u8]) -> warren_net::Verdict {
+        self.content.topic_message(topic, from, bytes)
+    }
+}
+
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -241,6 +267,7 @@ pub(crate) struct Shared {
     /// The hub this node runs, if it runs one.
     pub hub: Option<Arc<dyn hub::HubService>>,
     pub wallet: Arc<Wallet>,
+    pub content: Arc<content::Content>,
     pub telemetry: Arc<telemetry::Telemetry>,
     /// What state-changing API calls must carry; the dashboard page carries it.
     pub api_token: api_guard::ApiToken,
@@ -297,7 +324,17 @@ impl NodeHandle {
             None => None,
         };
 
-        let (net, net_task) = Network::spawn(config.net, market.clone(), cancel.clone()).await?;
+        let content = content::Content::open(
+            identity.clone(),
+            config.data_dir.as_deref(),
+            config.content.clone(),
+        )
+        .map_err(StartError::Content)?;
+        let book = Arc::new(Books {
+            market: market.clone(),
+            content: content.clone(),
+        });
+        let (net, net_task) = Network::spawn(config.net, book, cancel.clone()).await?;
         let mut tasks = vec![net_task];
         let wallet = Wallet::open(
             identity.node_id(),
@@ -357,6 +394,7 @@ impl NodeHandle {
             provider,
             hub,
             wallet,
+            content,
             telemetry,
             api_token: api_guard::ApiToken::generate(),
             exit_policy,
@@ -381,6 +419,12 @@ impl NodeHandle {
                 .provider
                 .spawn(&shared.net, cancel.clone())
                 .map_err(|e| StartError::Exit(e.to_string()))?,
+        );
+        tasks.extend(
+            shared
+                .content
+                .start(shared.net.clone(), cancel.clone())
+                .map_err(|e| StartError::Content(e.to_string()))?,
         );
         let opener: Arc<dyn warren_tunnel::FlowOpener> =
             Arc::new(session::consumer::SessionFlows(shared.consumer.clone()));

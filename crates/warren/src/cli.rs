@@ -99,6 +99,65 @@ pub enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Publish a file into one of this node's channels; prints its content id.
+    Publish {
+        /// The file to publish (it is copied into the node's store).
+        file: PathBuf,
+        /// The channel's name; each name is a channel with its own id.
+        #[arg(long, value_name = "NAME", default_value = "main")]
+        channel: String,
+        /// The entry's title (default: the file's name).
+        #[arg(long, value_name = "T")]
+        title: Option<String>,
+        /// The media type (default: from the file's extension, e.g. video/mp4).
+        #[arg(long = "type", value_name = "MEDIA_TYPE")]
+        media_type: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the channels this node publishes, follows or holds.
+    Channels {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a channel: replicate its entries and blobs (within the storage quota) and
+    /// serve them to others.
+    Follow {
+        /// The channel's id (as `warren publish` or `warren channels` prints it).
+        #[arg(value_name = "CHANNEL")]
+        channel: NodeId,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch content from peers, verified piece by piece, with a progress bar.
+    Get {
+        /// The content id (64 hex digits).
+        #[arg(value_name = "ID")]
+        id: warren_content::ContentId,
+        /// Write it here; without it, to standard output if that is not a terminal, else to
+        /// a file named by the id in the current directory.
+        #[arg(short = 'o', long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Write a channel (its signed log and the blobs held of it) into a directory, e.g. on
+    /// a USB stick.
+    Export {
+        /// The channel's id, or the name of one of this node's channels.
+        #[arg(value_name = "CHANNEL")]
+        channel: String,
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take in channels exported into a directory, verifying every signature and hash, and
+    /// follow them.
+    Import {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a whole local network in one process: providers in several countries, a payment
     /// hub with a faucet, and a consumer (10 WRN in escrow) whose API is on --api.
     Testnet {
@@ -237,11 +296,58 @@ pub struct NodeArgs {
     /// this node has seen.
     #[arg(long = "accept-hub", value_name = "ID")]
     pub accept_hub: Vec<NodeId>,
+    /// Most disk the blobs of followed channels may take, e.g. 10GiB or 500MiB (what this
+    /// node publishes or fetches by hand is always kept, and counts towards it).
+    #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = parse_size)]
+    pub content_quota: u64,
+    /// Seconds between syncs of followed channels with peers (news also comes by gossip).
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub content_sync: u64,
+}
+
+/// A size such as 10GiB, 500MiB, 2GB or 1048576 (bytes).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 10GiB or 500MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "{other:?} is not a size unit (use B, KiB, MiB, GiB, TiB, or KB, MB, GB, TB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("500MiB"), Ok(500 << 20));
+        assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1 tib"), Ok(1 << 40));
+        for bad in ["", "GiB", "10 parsecs", "-1", "99999999999TiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn hub_fees_parse_exactly_and_stop_at_the_cap() {

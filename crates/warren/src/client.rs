@@ -58,6 +58,29 @@ impl ApiClient {
         self.send(self.authorised(request), path).await
     }
 
+    /// A GET whose body the caller streams (a download can take longer than any timeout
+    /// for a whole call); fails on a non-success status with the node's message.
+    pub async fn stream(&self, path: &str) -> Result<reqwest::Response> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .context("could not set up the HTTP client")?;
+        let response = http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| anyhow!("talking to the node at {} failed: {e}", self.api))?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.bytes().await.unwrap_or_default();
+            let message = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|b| b.error.message)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(anyhow!("the node refused {path} ({status}): {message}"));
+        }
+        Ok(response)
+    }
+
     fn authorised(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.token {
             Some(t) => request.bearer_auth(t.as_str()),

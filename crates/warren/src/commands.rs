@@ -6,9 +6,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use warren_content::ContentId;
 use warren_net::NetConfig;
 use warren_node::api::{Disconnected, OfferView, Status, TopupRequest};
 use warren_node::config::FileConfig;
+use warren_node::content::Published;
+use warren_node::content::api::{
+    ChannelView, ContentStatus, DirRequest, ExportReport, ImportReport, PublishRequest,
+};
 use warren_node::keystore;
 use warren_node::session::consumer::{ConnectRequest, SessionView};
 use warren_node::wallet::{HistoryView, SettleReport, WalletView};
@@ -90,6 +95,28 @@ pub async fn run(cli: Cli) -> Result<()> {
             Some(WalletAction::Settle) => settle(&cli, *json).await,
             Some(WalletAction::History { limit }) => history(&cli, *limit, *json).await,
         },
+        Command::Publish {
+            file,
+            channel,
+            title,
+            media_type,
+            json,
+        } => {
+            publish(
+                &cli,
+                file,
+                channel.clone(),
+                title.clone(),
+                media_type.clone(),
+                *json,
+            )
+            .await
+        }
+        Command::Channels { json } => channels(&cli, *json).await,
+        Command::Follow { channel, json } => follow(&cli, *channel, *json).await,
+        Command::Get { id, output } => get(&cli, *id, output.clone()).await,
+        Command::Export { channel, dir, json } => export(&cli, channel, dir, *json).await,
+        Command::Import { dir, json } => import(&cli, dir, *json).await,
         Command::Testnet { providers, socks } => testnet(&cli, *providers, *socks).await,
     }
 }
@@ -205,6 +232,8 @@ async fn node(cli: &Cli, args: &NodeArgs) -> Result<()> {
         config.provide = Some(p);
     }
     config.accept_hubs = args.accept_hub.clone();
+    config.content.quota = args.content_quota;
+    config.content.sync_every = Duration::from_secs(args.content_sync);
     if args.hub {
         config.hub = Some(HubConfig {
             faucet: args.faucet,
@@ -620,5 +649,248 @@ async fn testnet(cli: &Cli, providers: usize, socks: SocketAddr) -> Result<()> {
     wait_for_signal().await?;
     println!("stopping…");
     net.shutdown().await;
+    Ok(())
+}
+
+fn absolute(path: &std::path::Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("{} is not a usable path", path.display()))
+}
+
+async fn publish(
+    cli: &Cli,
+    file: &std::path::Path,
+    channel: String,
+    title: Option<String>,
+    media_type: Option<String>,
+    json: bool,
+) -> Result<()> {
+    if !file.is_file() {
+        bail!("{} is not a file", file.display());
+    }
+    let req = PublishRequest {
+        path: absolute(file)?.to_string_lossy().into_owned(),
+        channel: Some(channel),
+        title,
+        media_type,
+    };
+    let p: Published = client(cli)?.post("/api/v1/content", &req).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+    } else {
+        println!("{}", p.id);
+        eprintln!(
+            "published as entry #{} of channel {:?} ({}), {}",
+            p.seq,
+            p.name,
+            p.channel,
+            human_bytes(p.size)
+        );
+        eprintln!("others can follow it with: warren follow {}", p.channel);
+    }
+    Ok(())
+}
+
+async fn channels(cli: &Cli, json: bool) -> Result<()> {
+    let list: Vec<ChannelView> = client(cli)?.get("/api/v1/channels", &[]).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!(
+            "no channels yet: `warren publish FILE` makes one, `warren follow ID` follows one"
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<52}  {:<16}  {:>7}  {:<9}  LATEST",
+        "CHANNEL", "NAME", "ENTRIES", "ROLE"
+    );
+    for c in list {
+        let role = match (c.own, c.following) {
+            (true, _) => "publisher",
+            (false, true) => "follower",
+            (false, false) => "held",
+        };
+        let latest = c.latest.map(|e| e.title).unwrap_or_default();
+        println!(
+            "{:<52}  {:<16}  {:>7}  {:<9}  {}",
+            c.id, c.name, c.entries, role, latest
+        );
+    }
+    Ok(())
+}
+
+async fn follow(cli: &Cli, channel: NodeId, json: bool) -> Result<()> {
+    let view: ChannelView = client(cli)?
+        .post(&format!("/api/v1/channels/{channel}/follow"), &())
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        println!(
+            "following {channel}: {} entries held so far; replication goes on in the node",
+            view.entries
+        );
+    }
+    Ok(())
+}
+
+/// Asks the node to fetch `id` from peers, shows progress, then writes the verified bytes
+/// and hashes them once more on the way out.
+async fn get(cli: &Cli, id: ContentId, output: Option<PathBuf>) -> Result<()> {
+    use std::io::{IsTerminal, Write};
+
+    let api = client(cli)?;
+    let status: ContentStatus = api
+        .post(&format!("/api/v1/content/{id}/fetch"), &())
+        .await?;
+    let bar = if std::io::stderr().is_terminal() && !status.complete {
+        let bar = indicatif::ProgressBar::new(status.size.unwrap_or(0));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {bytes}/{total_bytes} {bar:30} {bytes_per_sec} eta {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let mut last_have = 0;
+    let mut stalled_since = std::time::Instant::now();
+    loop {
+        let s: ContentStatus = api.get(&format!("/api/v1/content/{id}"), &[]).await?;
+        if let Some(bar) = &bar {
+            if let Some(size) = s.size {
+                bar.set_length(size);
+            }
+            bar.set_position(s.have);
+            if let Some(f) = &s.fetch {
+                bar.set_message(format!("from {} peers", f.sources));
+            }
+        }
+        if s.complete {
+            break;
+        }
+        if let Some(f) = &s.fetch
+            && f.state == "failed"
+        {
+            if let Some(bar) = &bar {
+                bar.abandon();
+            }
+            bail!(
+                "could not fetch {id}: {}",
+                f.error.clone().unwrap_or_else(|| "unknown error".into())
+            );
+        }
+        if s.have > last_have {
+            last_have = s.have;
+            stalled_since = std::time::Instant::now();
+        } else if stalled_since.elapsed() > Duration::from_secs(300) {
+            bail!(
+                "fetching {id} made no progress for 5 minutes; what was fetched is kept, run the command again to resume"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+
+    let to_stdout = output.is_none() && !std::io::stdout().is_terminal();
+    let path = match output {
+        Some(p) => Some(p),
+        None if to_stdout => None,
+        None => Some(PathBuf::from(id.to_string())),
+    };
+    let mut response = api.stream(&format!("/content/{id}")).await?;
+    let mut hasher = blake3::Hasher::new();
+    let tmp = path.as_ref().map(|p| {
+        let mut t = p.clone().into_os_string();
+        t.push(".part");
+        PathBuf::from(t)
+    });
+    let mut sink: Box<dyn Write> = match &tmp {
+        Some(t) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(t).with_context(|| format!("cannot write {}", t.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut written = 0u64;
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .with_context(|| format!("reading {id} from the node"))?
+    {
+        hasher.update(&chunk);
+        sink.write_all(&chunk).context("writing the output")?;
+        written += chunk.len() as u64;
+    }
+    sink.flush().context("writing the output")?;
+    drop(sink);
+    if ContentId(*hasher.finalize().as_bytes()) != id {
+        if let Some(t) = &tmp {
+            let _ = std::fs::remove_file(t);
+        }
+        bail!("what the node sent does not hash to {id}; nothing was kept");
+    }
+    if let (Some(t), Some(p)) = (&tmp, &path) {
+        std::fs::rename(t, p).with_context(|| format!("cannot write {}", p.display()))?;
+        eprintln!(
+            "{} verified, written to {}",
+            human_bytes(written),
+            p.display()
+        );
+    }
+    Ok(())
+}
+
+async fn export(cli: &Cli, channel: &str, dir: &std::path::Path, json: bool) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot make {}", dir.display()))?;
+    let req = DirRequest {
+        dir: absolute(dir)?.to_string_lossy().into_owned(),
+    };
+    let r: ExportReport = client(cli)?
+        .post(&format!("/api/v1/channels/{channel}/export"), &req)
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "exported channel {}: {} entries, {} blobs into {}{}",
+            r.channel,
+            r.entries,
+            r.blobs,
+            dir.display(),
+            if r.missing > 0 {
+                format!(" ({} blobs not held here were left out)", r.missing)
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
+async fn import(cli: &Cli, dir: &std::path::Path, json: bool) -> Result<()> {
+    if !dir.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    let req = DirRequest {
+        dir: absolute(dir)?.to_string_lossy().into_owned(),
+    };
+    let r: ImportReport = client(cli)?.post("/api/v1/import", &req).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        for c in &r.channels {
+            println!(
+                "imported channel {}: {} entries ({} new), verified",
+                c.id, c.entries, c.new_entries
+            );
+        }
+        println!("{} blobs taken in, each checked against its id", r.blobs);
+    }
     Ok(())
 }

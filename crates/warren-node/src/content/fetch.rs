@@ -1,0 +1,309 @@
+//! Fetching a blob from several peers at once.
+//!
+//! Sources are the peers the DHT names as holders and the peers this node is connected to
+//! (followers of a channel, mDNS neighbours), each asked whether it holds the blob whole.
+//! One worker per source takes the next missing piece from a shared queue, keeping two
+//! requests in flight on its stream. A piece that does not verify is thrown away, the peer
+//! is penalised and dropped, and the piece goes back into the queue for the others. The
+//! download lives in the store's `.part`/`.have` files, so it resumes after a restart.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+use warren_content::blob::PieceError;
+use warren_content::{ContentId, Partial, StoreError};
+use warren_types::NodeId;
+
+use super::proto::{BlobClient, PeerError};
+use super::{Content, blob_key, blocking};
+
+/// Most peers fetched from at once.
+const MAX_SOURCES: usize = 6;
+/// Most peers asked whether they hold a blob.
+const MAX_PROBES: usize = 32;
+/// Requests kept in flight on each source's stream.
+const PIPELINE: usize = 2;
+/// Rounds of looking for sources before a download gives up.
+const ROUNDS: usize = 6;
+
+/// Where a download stands.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Progress {
+    /// Verified bytes held.
+    pub have: u64,
+    /// The blob's size, once known.
+    pub size: Option<u64>,
+    /// Peers being fetched from now.
+    pub sources: usize,
+    /// "running", "done" or "failed".
+    pub state: String,
+    pub error: Option<String>,
+}
+
+impl Progress {
+    pub(super) fn start(progress: Option<(u64, u64)>) -> Self {
+        Progress {
+            have: progress.map_or(0, |p| p.0),
+            size: progress.map(|p| p.1),
+            sources: 0,
+            state: "running".into(),
+            error: None,
+        }
+    }
+
+    pub fn finished(&self) -> bool {
+        self.state != "running"
+    }
+}
+
+pub(super) async fn run(
+    content: Arc<Content>,
+    id: ContentId,
+    size_hint: Option<u64>,
+    tx: watch::Sender<Progress>,
+) {
+    match fetch(&content, id, size_hint, &tx).await {
+        Ok(size) => {
+            tx.send_modify(|p| {
+                p.have = size;
+                p.size = Some(size);
+                p.sources = 0;
+                p.state = "done".into();
+            });
+            let _ = content.net().provide(blob_key(&id)).await;
+        }
+        Err(e) => {
+            info!(%id, "download failed: {e}");
+            tx.send_modify(|p| {
+                p.sources = 0;
+                p.state = "failed".into();
+                p.error = Some(e);
+            });
+        }
+    }
+}
+
+async fn fetch(
+    content: &Arc<Content>,
+    id: ContentId,
+    size_hint: Option<u64>,
+    tx: &watch::Sender<Progress>,
+) -> Result<u64, String> {
+    if let Some(size) = content.blobs.size(&id) {
+        return Ok(size);
+    }
+    let mut bad: BTreeSet<NodeId> = BTreeSet::new();
+    let mut partial: Option<Arc<Mutex<Partial>>> = None;
+    for round in 0..ROUNDS {
+        if round > 0 {
+            tokio::time::sleep(Duration::from_secs(round as u64)).await;
+        }
+        let sources: Vec<(NodeId, u64)> = find_sources(content, &id)
+            .await
+            .into_iter()
+            .filter(|(p, size)| !bad.contains(p) && size_hint.is_none_or(|h| h == *size))
+            .collect();
+        if sources.is_empty() {
+            debug!(%id, round, "no peer holds it yet");
+            continue;
+        }
+        // Without a signed size, the first answer sets it; the last piece proves it.
+        let size = size_hint.unwrap_or(sources[0].1);
+        let sources: Vec<NodeId> = sources
+            .into_iter()
+            .filter(|(_, s)| *s == size)
+            .map(|(p, _)| p)
+            .take(MAX_SOURCES)
+            .collect();
+        let part = match &partial {
+            Some(p) => p.clone(),
+            None => {
+                let blobs = content.blobs.clone();
+                let p = blocking(move || blobs.partial(id, size))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                let p = Arc::new(Mutex::new(p));
+                partial = Some(p.clone());
+                p
+            }
+        };
+        let queue: VecDeque<u64> = lock(&part).missing().into();
+        tx.send_modify(|p| {
+            p.size = Some(size);
+            p.have = lock(&part).have_bytes();
+            p.sources = sources.len();
+        });
+        let queue = Arc::new(Mutex::new(queue));
+        let workers = sources
+            .iter()
+            .map(|peer| worker(content, *peer, id, queue.clone(), part.clone(), tx));
+        let results = futures::future::join_all(workers).await;
+        for (peer, result) in sources.iter().zip(results) {
+            match result {
+                Ok(()) => {}
+                Err(WorkerError::Corrupt(e)) => {
+                    warn!(%peer, %id, "a peer sent a piece that does not verify; dropping it ({e})");
+                    content.net().penalise(*peer).await;
+                    bad.insert(*peer);
+                }
+                Err(WorkerError::Peer(e)) => debug!(%peer, %id, "source failed: {e}"),
+                Err(WorkerError::Local(e)) => return Err(e),
+            }
+        }
+        if lock(&part).is_complete() {
+            drop(part);
+            let part = partial.take().expect("set above");
+            let part = Arc::try_unwrap(part)
+                .map_err(|_| "a worker still holds the download".to_string())?
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner());
+            let size = blocking(move || part.finish())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            info!(%id, size, "download complete");
+            return Ok(size);
+        }
+    }
+    Err(format!(
+        "no reachable peer holds {id} (asked {ROUNDS} times); it may be offline, try again later"
+    ))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Peers that hold `id` whole, with the size each claims.
+async fn find_sources(content: &Arc<Content>, id: &ContentId) -> Vec<(NodeId, u64)> {
+    let net = content.net();
+    let me = net.local_id();
+    let state = net.state();
+    let mut candidates: Vec<NodeId> = Vec::new();
+    if let Ok(Ok(found)) = tokio::time::timeout(
+        Duration::from_secs(10),
+        net.find_providers(blob_key(id), 16),
+    )
+    .await
+    {
+        candidates.extend(found);
+    }
+    candidates.extend(state.connected.iter().copied());
+    let mut seen = BTreeSet::new();
+    candidates.retain(|p| *p != me && !state.banned.contains(p) && seen.insert(*p));
+    candidates.truncate(MAX_PROBES);
+    let probes = candidates.into_iter().map(|peer| async move {
+        let ask = async {
+            let mut c = BlobClient::open(content, peer).await?;
+            c.size(id).await
+        };
+        match tokio::time::timeout(Duration::from_secs(5), ask).await {
+            Ok(Ok(Some(size))) => Some((peer, size)),
+            _ => None,
+        }
+    });
+    futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+enum WorkerError {
+    /// The peer sent something that does not verify: its fault.
+    Corrupt(String),
+    /// The peer went away or broke the protocol.
+    Peer(PeerError),
+    /// Our disk failed.
+    Local(String),
+}
+
+async fn worker(
+    content: &Arc<Content>,
+    peer: NodeId,
+    id: ContentId,
+    queue: Arc<Mutex<VecDeque<u64>>>,
+    part: Arc<Mutex<Partial>>,
+    tx: &watch::Sender<Progress>,
+) -> Result<(), WorkerError> {
+    let mut inflight: VecDeque<u64> = VecDeque::new();
+    let result = pull(content, peer, id, &queue, &part, tx, &mut inflight).await;
+    if !inflight.is_empty() {
+        let mut q = lock(&queue);
+        for p in inflight {
+            q.push_front(p);
+        }
+    }
+    result
+}
+
+async fn pull(
+    content: &Arc<Content>,
+    peer: NodeId,
+    id: ContentId,
+    queue: &Mutex<VecDeque<u64>>,
+    part: &Arc<Mutex<Partial>>,
+    tx: &watch::Sender<Progress>,
+    inflight: &mut VecDeque<u64>,
+) -> Result<(), WorkerError> {
+    let mut client = BlobClient::open(content, peer)
+        .await
+        .map_err(WorkerError::Peer)?;
+    let mut buf = Vec::new();
+    loop {
+        while inflight.len() < PIPELINE {
+            let Some(piece) = lock(queue).pop_front() else {
+                break;
+            };
+            client
+                .request_piece(&id, piece)
+                .await
+                .map_err(WorkerError::Peer)?;
+            inflight.push_back(piece);
+        }
+        let Some(&piece) = inflight.front() else {
+            return Ok(());
+        };
+        client.flush().await.map_err(WorkerError::Peer)?;
+        let read = tokio::time::timeout(Duration::from_secs(30), client.read_piece(&mut buf))
+            .await
+            .map_err(|_| WorkerError::Peer(PeerError::Timeout))?;
+        match read {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(WorkerError::Peer(PeerError::Protocol(
+                    "it no longer holds the blob".into(),
+                )));
+            }
+            Err(PeerError::Protocol(e)) => return Err(WorkerError::Corrupt(e)),
+            Err(e) => return Err(WorkerError::Peer(e)),
+        }
+        let encoded = std::mem::take(&mut buf);
+        let p = part.clone();
+        let (added, encoded) = blocking(move || {
+            let r = lock(&p).add_piece(piece, &encoded);
+            (r, encoded)
+        })
+        .await
+        .map_err(|e| WorkerError::Local(e.to_string()))?;
+        buf = encoded;
+        match added {
+            Ok(()) => {
+                inflight.pop_front();
+                let have = lock(part).have_bytes();
+                tx.send_modify(|p| p.have = have);
+            }
+            Err(StoreError::Piece(
+                e @ (PieceError::Corrupt { .. } | PieceError::TooLong { .. }),
+            )) => {
+                return Err(WorkerError::Corrupt(e.to_string()));
+            }
+            Err(e) => return Err(WorkerError::Local(e.to_string())),
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! The two content protocols, each a stream of requests answered in order.
+//!
+//! `/warren/blob/1`, request `[op u8][content id 32][piece u64 LE]`:
+//! - op 0 (size): `[0][size u64]` if held whole, `[1]` if not;
+//! - op 1 (piece): `[0][len u32][len bytes of bao-encoded piece]`, or `[1]` if not held.
+//!
+//! `/warren/channel/1`, request `[channel id 32][after u64 LE]`: `[count u16]` then `count`
+//! records `[len u16][signed entry]`, the entries from `after` on, at most
+//! [`MAX_SYNC_ENTRIES`] (ask again from the new length for more).
+//!
+//! Everything read is bounded before it is allocated; a stream serves at most
+//! [`MAX_REQUESTS_PER_STREAM`] requests, and at most [`MAX_STREAMS`] streams are served at
+//! once (more are dropped, and the opener sees a reset).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+use warren_content::ContentId;
+use warren_content::blob::MAX_ENCODED_PIECE;
+use warren_net::{Incoming, NetStream};
+use warren_types::NodeId;
+
+use super::Content;
+
+pub(crate) const BLOB_PROTOCOL: &str = "/warren/blob/1";
+pub(crate) const CHANNEL_PROTOCOL: &str = "/warren/channel/1";
+pub(crate) const MAX_SYNC_ENTRIES: usize = 256;
+const MAX_REQUESTS_PER_STREAM: usize = 1 << 20;
+const MAX_STREAMS: usize = 64;
+/// A peer that sends nothing for this long has its stream closed.
+const IDLE: Duration = Duration::from_secs(60);
+
+const OP_SIZE: u8 = 0;
+const OP_PIECE: u8 = 1;
+const HAVE: u8 = 0;
+const MISSING: u8 = 1;
+
+pub(super) fn serve(
+    content: Arc<Content>,
+    cancel: CancellationToken,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, warren_net::StreamError> {
+    let streams = content.net().streams().clone();
+    let slots = Arc::new(Semaphore::new(MAX_STREAMS));
+    let blob = streams.accept(BLOB_PROTOCOL)?;
+    let channel = streams.accept(CHANNEL_PROTOCOL)?;
+    Ok(vec![
+        tokio::spawn(accept_loop(
+            blob,
+            content.clone(),
+            slots.clone(),
+            cancel.clone(),
+            |c, peer, s| Box::pin(serve_blob(c, peer, s)),
+        )),
+        tokio::spawn(accept_loop(
+            channel,
+            content,
+            slots,
+            cancel,
+            |c, peer, s| Box::pin(serve_channel(c, peer, s)),
+        )),
+    ])
+}
+
+type Served = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
+
+async fn accept_loop(
+    mut incoming: Incoming,
+    content: Arc<Content>,
+    slots: Arc<Semaphore>,
+    cancel: CancellationToken,
+    handler: fn(Arc<Content>, NodeId, NetStream) -> Served,
+) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            next = incoming.next() => {
+                let Some((peer, stream)) = next else { return };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    debug!("too many content streams; dropping one");
+                    continue;
+                };
+                let fut = handler(content.clone(), peer, stream);
+                let cancel = cancel.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = cancel.cancelled() => {}
+                        r = fut => if let Err(e) = r { debug!(%peer, "content stream ended: {e}") },
+                    }
+                    drop(slot);
+                });
+            }
+        }
+    }
+}
+
+/// Reads exactly `buf.len()` bytes, or returns `Ok(false)` on a clean end before the first.
+async fn read_request(s: &mut NetStream, buf: &mut [u8]) -> std::io::Result<bool> {
+    let first = tokio::time::timeout(IDLE, s.read(&mut buf[..1]))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "idle"))??;
+    if first == 0 {
+        return Ok(false);
+    }
+    tokio::time::timeout(IDLE, s.read_exact(&mut buf[1..]))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "idle"))??;
+    Ok(true)
+}
+
+async fn serve_blob(content: Arc<Content>, _peer: NodeId, mut s: NetStream) -> std::io::Result<()> {
+    let mut req = [0u8; 41];
+    for _ in 0..MAX_REQUESTS_PER_STREAM {
+        if !read_request(&mut s, &mut req).await? {
+            break;
+        }
+        let id = ContentId(req[1..33].try_into().expect("32 bytes"));
+        let piece = u64::from_le_bytes(req[33..41].try_into().expect("8 bytes"));
+        match req[0] {
+            OP_SIZE => match content.blobs.size(&id) {
+                Some(size) => {
+                    let mut out = [0u8; 9];
+                    out[0] = HAVE;
+                    out[1..].copy_from_slice(&size.to_le_bytes());
+                    s.write_all(&out).await?;
+                }
+                None => s.write_all(&[MISSING]).await?,
+            },
+            OP_PIECE => {
+                let blobs = content.blobs.clone();
+                let encoded = tokio::task::spawn_blocking(move || blobs.encode_piece(&id, piece))
+                    .await
+                    .map_err(std::io::Error::other)?;
+                match encoded {
+                    Ok(bytes) => {
+                        let mut head = [0u8; 5];
+                        head[0] = HAVE;
+                        head[1..].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+                        s.write_all(&head).await?;
+                        s.write_all(&bytes).await?;
+                    }
+                    Err(warren_content::StoreError::Piece(
+                        warren_content::blob::PieceError::Corrupt { .. },
+                    )) => {
+                        // Rotten on disk: forget it (it can be fetched again) and say so.
+                        tracing::warn!(%id, "a held blob failed verification; removing it");
+                        let _ = content.blobs.remove(&id);
+                        s.write_all(&[MISSING]).await?;
+                    }
+                    Err(_) => s.write_all(&[MISSING]).await?,
+                }
+            }
+            _ => return Err(std::io::Error::other("unknown blob request")),
+        }
+        s.flush().await?;
+    }
+    s.shutdown().await
+}
+
+async fn serve_channel(
+    content: Arc<Content>,
+    _peer: NodeId,
+    mut s: NetStream,
+) -> std::io::Result<()> {
+    let mut req = [0u8; 40];
+    for _ in 0..MAX_REQUESTS_PER_STREAM {
+        if !read_request(&mut s, &mut req).await? {
+            break;
+        }
+        let key: [u8; 32] = req[..32].try_into().expect("32 bytes");
+        let after = u64::from_le_bytes(req[32..].try_into().expect("8 bytes"));
+        let entries = match NodeId::from_public_key(key) {
+            Ok(channel) => content.entries_after(&channel, after, MAX_SYNC_ENTRIES),
+            Err(_) => Vec::new(),
+        };
+        let mut out = Vec::with_capacity(2 + entries.iter().map(|e| e.len() + 2).sum::<usize>());
+        out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+        for e in &entries {
+            out.extend_from_slice(&(e.len() as u16).to_le_bytes());
+            out.extend_from_slice(e);
+        }
+        s.write_all(&out).await?;
+        s.flush().await?;
+    }
+    s.shutdown().await
+}
+
+/// Why talking to a peer about content failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PeerError {
+    #[error("could not reach the peer: {0}")]
+    Open(#[from] warren_net::StreamError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the peer broke the protocol: {0}")]
+    Protocol(String),
+    #[error("the peer did not answer in time")]
+    Timeout,
+}
+
+/// A client stream of `/warren/blob/1`.
+pub(crate) struct BlobClient {
+    s: NetStream,
+}
+
+impl BlobClient {
+    pub(crate) async fn open(content: &Content, peer: NodeId) -> Result<Self, PeerError> {
+        let s = tokio::time::timeout(
+            Duration::from_secs(10),
+            content.net().streams().open(peer, BLOB_PROTOCOL),
+        )
+        .await
+        .map_err(|_| PeerError::Timeout)??;
+        Ok(BlobClient { s })
+    }
+
+    pub(crate) async fn send(
+        &mut self,
+        op: u8,
+        id: &ContentId,
+        piece: u64,
+    ) -> Result<(), PeerError> {
+        let mut req = [0u8; 41];
+        req[0] = op;
+        req[1..33].copy_from_slice(&id.0);
+        req[33..].copy_from_slice(&piece.to_le_bytes());
+        self.s.write_all(&req).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn flush(&mut self) -> Result<(), PeerError> {
+        self.s.flush().await?;
+        Ok(())
+    }
+
+    /// Asks whether the peer holds `id` whole, and its size.
+    pub(crate) async fn size(&mut self, id: &ContentId) -> Result<Option<u64>, PeerError> {
+        self.send(OP_SIZE, id, 0).await?;
+        self.flush().await?;
+        let status = self.s.read_u8().await?;
+        match status {
+            HAVE => Ok(Some(self.s.read_u64_le().await?)),
+            MISSING => Ok(None),
+            other => Err(PeerError::Protocol(format!("status {other}"))),
+        }
+    }
+
+    pub(crate) async fn request_piece(
+        &mut self,
+        id: &ContentId,
+        piece: u64,
+    ) -> Result<(), PeerError> {
+        self.send(OP_PIECE, id, piece).await
+    }
+
+    /// Reads the answer to the oldest piece request: `None` if the peer no longer has it.
+    /// The length is checked before anything is allocated.
+    pub(crate) async fn read_piece(&mut self, buf: &mut Vec<u8>) -> Result<bool, PeerError> {
+        match self.s.read_u8().await? {
+            HAVE => {}
+            MISSING => return Ok(false),
+            other => return Err(PeerError::Protocol(format!("status {other}"))),
+        }
+        let len = u64::from(self.s.read_u32_le().await?);
+        if len > MAX_ENCODED_PIECE {
+            return Err(PeerError::Protocol(format!("a {len}-byte piece")));
+        }
+        buf.resize(len as usize, 0);
+        self.s.read_exact(buf).await?;
+        Ok(true)
+    }
+}
+
+/// Asks `peer` for `channel`'s entries from `after` on; the raw records, bounded.
+pub(crate) async fn sync_from(
+    content: &Content,
+    peer: NodeId,
+    channel: &NodeId,
+    after: u64,
+) -> Result<Vec<Vec<u8>>, PeerError> {
+    let work = async {
+        let mut s = content.net().streams().open(peer, CHANNEL_PROTOCOL).await?;
+        let mut req = [0u8; 40];
+        req[..32].copy_from_slice(&channel.public_key());
+        req[32..].copy_from_slice(&after.to_le_bytes());
+        s.write_all(&req).await?;
+        s.flush().await?;
+        let count = s.read_u16_le().await? as usize;
+        if count > MAX_SYNC_ENTRIES {
+            return Err(PeerError::Protocol(format!(
+                "{count} entries in one answer"
+            )));
+        }
+        let mut out = Vec::with_capacity(count);
+        for _ in 0..count {
+            let len = s.read_u16_le().await? as usize;
+            if len > 2048 {
+                return Err(PeerError::Protocol(format!("a {len}-byte entry")));
+            }
+            let mut e = vec![0u8; len];
+            s.read_exact(&mut e).await?;
+            out.push(e);
+        }
+        let _ = s.shutdown().await;
+        Ok(out)
+    };
+    tokio::time::timeout(Duration::from_secs(20), work)
+        .await
+        .map_err(|_| PeerError::Timeout)?
+}

@@ -142,6 +142,8 @@ impl BlobStore {
             self.outboard_path(id),
             self.part_path(id),
             self.have_path(id),
+            // An entry a download brought along (the node keeps it beside the blob).
+            self.dir.join(format!("{id}.entry")),
         ] {
             match fs::remove_file(&path) {
                 Ok(()) => {}

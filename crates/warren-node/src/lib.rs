@@ -524,6 +524,53 @@ impl NodeHandle {
         let _ = announce(&self.shared, None).await;
     }
 
+    /// Publishes the file at `path` as the next entry of this node's channel `channel`
+    /// (what `warren publish` does).
+    pub async fn publish(
+        &self,
+        path: PathBuf,
+        channel: &str,
+        title: Option<String>,
+    ) -> Result<content::Published, String> {
+        self.shared
+            .content
+            .publish(path, channel.to_string(), title, None)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Fetches a blob from peers and waits until it is held (its size) or the download
+    /// gave up (why).
+    pub async fn fetch(&self, id: warren_content::ContentId) -> Result<u64, String> {
+        let mut progress = self.shared.content.fetch(id);
+        loop {
+            let p = progress.borrow_and_update().clone();
+            if p.finished() {
+                return match p.error {
+                    Some(e) => Err(e),
+                    None => Ok(p.size.unwrap_or_default()),
+                };
+            }
+            if progress.changed().await.is_err() {
+                return Err("the node stopped".into());
+            }
+        }
+    }
+
+    /// Follows a channel (what `warren follow` does).
+    pub async fn follow(&self, channel: NodeId) {
+        self.shared.content.follow(channel).await;
+    }
+
+    /// Where a blob held whole keeps its bytes.
+    pub fn content_path(&self, id: &warren_content::ContentId) -> Option<PathBuf> {
+        self.shared
+            .content
+            .blobs
+            .contains(id)
+            .then(|| self.shared.content.blobs.data_path(id))
+    }
+
     /// This node's wallet: balances at its hub, top-ups, promises to settle.
     pub fn wallet(&self) -> &Wallet {
         &self.shared.wallet

@@ -179,7 +179,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Peers that hold `id` whole, with the size each claims.
+/// Peers that hold `id` whole, with the size each claims; keeps the first entry naming
+/// `id` that verifies, so the blob keeps its media type and title.
 async fn find_sources(content: &Arc<Content>, id: &ContentId) -> Vec<(NodeId, u64)> {
     let net = content.net();
     let me = net.local_id();
@@ -203,15 +204,24 @@ async fn find_sources(content: &Arc<Content>, id: &ContentId) -> Vec<(NodeId, u6
             c.size(id).await
         };
         match tokio::time::timeout(Duration::from_secs(5), ask).await {
-            Ok(Ok(Some(size))) => Some((peer, size)),
+            Ok(Ok(Some((size, entry)))) => Some((peer, size, entry)),
             _ => None,
         }
     });
-    futures::future::join_all(probes)
-        .await
-        .into_iter()
-        .flatten()
-        .collect()
+    let found = futures::future::join_all(probes).await;
+    let mut sources = Vec::new();
+    let mut kept = content.signed_entry_for(id).is_some();
+    for (peer, size, entry) in found.into_iter().flatten() {
+        if !kept
+            && let Some(e) = entry
+            && e.verify().is_ok_and(|v| v.content == *id && v.size == size)
+        {
+            content.keep_loose_entry(id, &e);
+            kept = true;
+        }
+        sources.push((peer, size));
+    }
+    sources
 }
 
 enum WorkerError {

@@ -350,13 +350,37 @@ impl Content {
 
     /// The entry naming `id`, if any held channel has one (its media type, its size).
     pub(crate) fn entry_for(&self, id: &ContentId) -> Option<Entry> {
-        let inner = self.inner();
-        inner
-            .channels
-            .values()
-            .flat_map(|c| c.entries().iter().rev())
-            .find(|e| e.content == *id)
-            .cloned()
+        self.signed_entry_for(id)?.verify().ok()
+    }
+
+    /// A signed entry naming `id`: from a held channel, or the one a download brought
+    /// along (kept beside the blob, so a blob fetched by id alone keeps its media type).
+    pub(crate) fn signed_entry_for(&self, id: &ContentId) -> Option<SignedEntry> {
+        let held = {
+            let inner = self.inner();
+            inner.channels.values().find_map(|c| {
+                c.entries()
+                    .iter()
+                    .rposition(|e| e.content == *id)
+                    .map(|i| c.signed()[i].clone())
+            })
+        };
+        held.or_else(|| {
+            let bytes = std::fs::read(self.loose_path(id)).ok()?;
+            let signed = SignedEntry::from_bytes(&bytes).ok()?;
+            (signed.verify().ok()?.content == *id).then_some(signed)
+        })
+    }
+
+    fn loose_path(&self, id: &ContentId) -> PathBuf {
+        self.blobs.dir().join(format!("{id}.entry"))
+    }
+
+    /// Keeps an entry a peer sent along with a blob, once checked: signed, naming `id`.
+    pub(crate) fn keep_loose_entry(&self, id: &ContentId, signed: &SignedEntry) {
+        if signed.verify().is_ok_and(|e| e.content == *id) {
+            let _ = std::fs::write(self.loose_path(id), signed.to_bytes());
+        }
     }
 
     /// Publishes the file at `path` in the channel `name` (made on first use).
@@ -720,4 +744,37 @@ pub struct Published {
     pub name: String,
     pub seq: u64,
     pub size: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_channel_name_has_its_own_stable_key() {
+        let node = Identity::generate();
+        let news = channel_identity(&node, "news");
+        assert_eq!(news.node_id(), channel_identity(&node, "news").node_id());
+        assert_ne!(news.node_id(), channel_identity(&node, "photos").node_id());
+        assert_ne!(news.node_id(), node.node_id());
+        // The same name under another node is another channel.
+        let other = Identity::generate();
+        assert_ne!(news.node_id(), channel_identity(&other, "news").node_id());
+        // Restored from the same secret (a recovery phrase), the channel is the same.
+        let restored = Identity::from_secret(node.secret());
+        assert_eq!(
+            news.node_id(),
+            channel_identity(&restored, "news").node_id()
+        );
+    }
+
+    #[test]
+    fn media_types_follow_the_extension() {
+        assert_eq!(media_type_of(Path::new("a/b/Clip.MP4")), "video/mp4");
+        assert_eq!(media_type_of(Path::new("x.webm")), "video/webm");
+        assert_eq!(
+            media_type_of(Path::new("noext")),
+            "application/octet-stream"
+        );
+    }
 }

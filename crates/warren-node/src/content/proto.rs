@@ -1,7 +1,8 @@
 //! The two content protocols, each a stream of requests answered in order.
 //!
 //! `/warren/blob/1`, request `[op u8][content id 32][piece u64 LE]`:
-//! - op 0 (size): `[0][size u64]` if held whole, `[1]` if not;
+//! - op 0 (size): `[0][size u64][len u16][signed entry]` if held whole (`len` 0 when the
+//!   holder knows no entry naming it), `[1]` if not;
 //! - op 1 (piece): `[0][len u32][len bytes of bao-encoded piece]`, or `[1]` if not held.
 //!
 //! `/warren/channel/1`, request `[channel id 32][after u64 LE]`: `[count u16]` then `count`
@@ -19,8 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
-use warren_content::ContentId;
 use warren_content::blob::MAX_ENCODED_PIECE;
+use warren_content::{ContentId, SignedEntry};
 use warren_net::{Incoming, NetStream};
 use warren_types::NodeId;
 
@@ -122,9 +123,15 @@ async fn serve_blob(content: Arc<Content>, _peer: NodeId, mut s: NetStream) -> s
         match req[0] {
             OP_SIZE => match content.blobs.size(&id) {
                 Some(size) => {
-                    let mut out = [0u8; 9];
-                    out[0] = HAVE;
-                    out[1..].copy_from_slice(&size.to_le_bytes());
+                    let entry = content
+                        .signed_entry_for(&id)
+                        .map(|e| e.to_bytes())
+                        .unwrap_or_default();
+                    let mut out = Vec::with_capacity(11 + entry.len());
+                    out.push(HAVE);
+                    out.extend_from_slice(&size.to_le_bytes());
+                    out.extend_from_slice(&(entry.len() as u16).to_le_bytes());
+                    out.extend_from_slice(&entry);
                     s.write_all(&out).await?;
                 }
                 None => s.write_all(&[MISSING]).await?,
@@ -236,13 +243,29 @@ impl BlobClient {
         Ok(())
     }
 
-    /// Asks whether the peer holds `id` whole, and its size.
-    pub(crate) async fn size(&mut self, id: &ContentId) -> Result<Option<u64>, PeerError> {
+    /// Asks whether the peer holds `id` whole: its size, and the entry naming it if the
+    /// peer knows one (unchecked: the caller verifies it).
+    pub(crate) async fn size(
+        &mut self,
+        id: &ContentId,
+    ) -> Result<Option<(u64, Option<SignedEntry>)>, PeerError> {
         self.send(OP_SIZE, id, 0).await?;
         self.flush().await?;
         let status = self.s.read_u8().await?;
         match status {
-            HAVE => Ok(Some(self.s.read_u64_le().await?)),
+            HAVE => {
+                let size = self.s.read_u64_le().await?;
+                let len = self.s.read_u16_le().await? as usize;
+                if len > 2048 {
+                    return Err(PeerError::Protocol(format!("a {len}-byte entry")));
+                }
+                let mut bytes = vec![0u8; len];
+                self.s.read_exact(&mut bytes).await?;
+                let entry = (len > 0)
+                    .then(|| SignedEntry::from_bytes(&bytes).ok())
+                    .flatten();
+                Ok(Some((size, entry)))
+            }
             MISSING => Ok(None),
             other => Err(PeerError::Protocol(format!("status {other}"))),
         }

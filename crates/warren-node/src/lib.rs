@@ -562,6 +562,11 @@ impl NodeHandle {
         self.shared.content.follow(channel).await;
     }
 
+    /// Verified bytes held of a blob and its size (whole, or a download under way).
+    pub fn content_progress(&self, id: &warren_content::ContentId) -> Option<(u64, u64)> {
+        self.shared.content.blobs.progress(id)
+    }
+
     /// Where a blob held whole keeps its bytes.
     pub fn content_path(&self, id: &warren_content::ContentId) -> Option<PathBuf> {
         self.shared

@@ -44,10 +44,20 @@ async fn node(data: &tempfile::TempDir, bootstrap: Vec<String>) -> NodeHandle {
     NodeHandle::spawn(config).await.expect("node starts")
 }
 
-/// A peer that holds the blob and speaks `/warren/blob/1`, but flips a bit in every piece
-/// it sends. Counts the pieces it sent.
-async fn liar(
+/// How a hand-made holder of a blob behaves.
+#[derive(Clone, Copy)]
+struct Manner {
+    /// Flip a bit in every piece sent.
+    corrupt: bool,
+    /// Answer this many piece requests, then fall silent.
+    pieces: usize,
+}
+
+/// A peer that holds the blob and speaks `/warren/blob/1` in the given manner. Counts the
+/// pieces it sent.
+async fn holder(
     store: BlobStore,
+    manner: Manner,
     cancel: CancellationToken,
 ) -> (Network, Vec<String>, Arc<AtomicUsize>) {
     let (net, _task) = Network::spawn(
@@ -79,9 +89,15 @@ async fn liar(
                         out.extend_from_slice(&0u16.to_le_bytes());
                         let _ = s.write_all(&out).await;
                     } else {
+                        if count.load(Ordering::Relaxed) >= manner.pieces {
+                            // Silent from now on: the stream stays open, nothing comes.
+                            std::future::pending::<()>().await;
+                        }
                         let mut enc = store.encode_piece(&id, piece).unwrap();
-                        let at = enc.len() / 2;
-                        enc[at] ^= 0x10;
+                        if manner.corrupt {
+                            let at = enc.len() / 2;
+                            enc[at] ^= 0x10;
+                        }
                         let mut out = vec![0u8];
                         out.extend_from_slice(&(enc.len() as u32).to_le_bytes());
                         out.extend_from_slice(&enc);
@@ -144,7 +160,11 @@ async fn a_peer_serving_corrupt_chunks_is_dropped_and_the_download_completes() {
     let cancel = CancellationToken::new();
     let lies = BlobStore::open(dirs[1].path().join("liar")).unwrap();
     lies.import_bytes(&original).unwrap();
-    let (liar_net, liar_addrs, served) = liar(lies, cancel.clone()).await;
+    let manner = Manner {
+        corrupt: true,
+        pieces: usize::MAX,
+    };
+    let (liar_net, liar_addrs, served) = holder(lies, manner, cancel.clone()).await;
 
     let mut bootstrap = honest.dial_addrs();
     bootstrap.extend(liar_addrs.clone());
@@ -181,4 +201,70 @@ async fn a_peer_serving_corrupt_chunks_is_dropped_and_the_download_completes() {
 
     cancel.cancel();
     alone.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_download_resumes_with_only_the_missing_pieces() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let original = bytes(10 * (1 << 20));
+    let cancel = CancellationToken::new();
+    let store = |i: usize| {
+        let s = BlobStore::open(dirs[i].path().join("held")).unwrap();
+        s.import_bytes(&original).unwrap();
+        s
+    };
+    let id = ContentId::of(&original);
+
+    // A holder that sends four pieces, then falls silent.
+    let stingy = Manner {
+        corrupt: false,
+        pieces: 4,
+    };
+    let (first, first_addrs, first_served) = holder(store(0), stingy, cancel.clone()).await;
+    let fetcher = node(&dirs[2], first_addrs).await;
+    wait_connected(&fetcher, &[first.local_id()]).await;
+    let fetch = fetcher.fetch(id);
+    let kept = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::pin!(fetch);
+        loop {
+            tokio::select! {
+                r = &mut fetch => panic!("the download ended early: {r:?}"),
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            if let Some((have, _)) = fetcher.content_progress(&id)
+                && have >= 4 << 20
+            {
+                return have;
+            }
+        }
+    })
+    .await
+    .expect("four pieces arrive");
+    assert_eq!(kept, 4 << 20);
+    // The node stops mid-download (the user closed it).
+    fetcher.shutdown().await;
+    assert_eq!(first_served.load(Ordering::Relaxed), 4);
+
+    // Started again on the same data dir, with another holder that sends everything.
+    let all = Manner {
+        corrupt: false,
+        pieces: usize::MAX,
+    };
+    let (second, second_addrs, second_served) = holder(store(1), all, cancel.clone()).await;
+    let fetcher = node(&dirs[2], second_addrs).await;
+    wait_connected(&fetcher, &[second.local_id()]).await;
+    let size = fetcher.fetch(id).await.expect("the download completes");
+    assert_eq!(size, original.len() as u64);
+    assert_eq!(
+        second_served.load(Ordering::Relaxed),
+        6,
+        "only the six missing pieces were asked for"
+    );
+    let got = std::fs::read(fetcher.content_path(&id).unwrap()).unwrap();
+    assert!(
+        got == original,
+        "the resumed blob differs from the original"
+    );
+    cancel.cancel();
+    fetcher.shutdown().await;
 }

@@ -180,38 +180,56 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Peers that hold `id` whole, with the size each claims; keeps the first entry naming
-/// `id` that verifies, so the blob keeps its media type and title.
+/// `id` that verifies, so the blob keeps its media type and title. Connected peers are
+/// asked at once while the DHT is searched; when a neighbour has it, the search gets only
+/// a short grace to add more sources.
 async fn find_sources(content: &Arc<Content>, id: &ContentId) -> Vec<(NodeId, u64)> {
     let net = content.net();
     let me = net.local_id();
     let state = net.state();
-    let mut candidates: Vec<NodeId> = Vec::new();
-    if let Ok(Ok(found)) = tokio::time::timeout(
-        Duration::from_secs(10),
-        net.find_providers(blob_key(id), 16),
-    )
-    .await
-    {
-        candidates.extend(found);
-    }
-    candidates.extend(state.connected.iter().copied());
-    let mut seen = BTreeSet::new();
-    candidates.retain(|p| *p != me && !state.banned.contains(p) && seen.insert(*p));
-    candidates.truncate(MAX_PROBES);
-    let probes = candidates.into_iter().map(|peer| async move {
-        let ask = async {
-            let mut c = BlobClient::open(content, peer).await?;
-            c.size(id).await
-        };
-        match tokio::time::timeout(Duration::from_secs(5), ask).await {
-            Ok(Ok(Some((size, entry)))) => Some((peer, size, entry)),
-            _ => None,
-        }
-    });
-    let found = futures::future::join_all(probes).await;
+    let usable = |p: &NodeId| *p != me && !state.banned.contains(p);
+    let near: Vec<NodeId> = state
+        .connected
+        .iter()
+        .copied()
+        .filter(usable)
+        .take(MAX_PROBES)
+        .collect();
+    let far = {
+        let content = content.clone();
+        let id = *id;
+        let skip: BTreeSet<NodeId> = near.iter().copied().chain([me]).collect();
+        let banned = state.banned.clone();
+        tokio::spawn(async move {
+            let found = tokio::time::timeout(
+                Duration::from_secs(10),
+                content.net().find_providers(blob_key(&id), 16),
+            )
+            .await;
+            let Ok(Ok(found)) = found else {
+                return Vec::new();
+            };
+            let others: Vec<NodeId> = found
+                .into_iter()
+                .filter(|p| !skip.contains(p) && !banned.contains(p))
+                .take(MAX_PROBES)
+                .collect();
+            probe(&content, &id, others).await
+        })
+    };
+    let mut found = probe(content, id, near).await;
+    let mut far = far;
+    let more = if found.is_empty() {
+        (&mut far).await.unwrap_or_default()
+    } else {
+        let more = tokio::time::timeout(Duration::from_millis(500), &mut far).await;
+        far.abort();
+        more.ok().and_then(Result::ok).unwrap_or_default()
+    };
+    found.extend(more);
     let mut sources = Vec::new();
     let mut kept = content.signed_entry_for(id).is_some();
-    for (peer, size, entry) in found.into_iter().flatten() {
+    for (peer, size, entry) in found {
         if !kept
             && let Some(e) = entry
             && e.verify().is_ok_and(|v| v.content == *id && v.size == size)
@@ -222,6 +240,29 @@ async fn find_sources(content: &Arc<Content>, id: &ContentId) -> Vec<(NodeId, u6
         sources.push((peer, size));
     }
     sources
+}
+
+/// Asks each of `peers` at once whether it holds `id` whole.
+async fn probe(
+    content: &Arc<Content>,
+    id: &ContentId,
+    peers: Vec<NodeId>,
+) -> Vec<(NodeId, u64, Option<warren_content::SignedEntry>)> {
+    let probes = peers.into_iter().map(|peer| async move {
+        let ask = async {
+            let mut c = BlobClient::open(content, peer).await?;
+            c.size(id).await
+        };
+        match tokio::time::timeout(Duration::from_secs(5), ask).await {
+            Ok(Ok(Some((size, entry)))) => Some((peer, size, entry)),
+            _ => None,
+        }
+    });
+    futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 enum WorkerError {

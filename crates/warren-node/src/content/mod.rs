@@ -157,6 +157,8 @@ pub(crate) struct Content {
     pub(crate) config: ContentConfig,
     inner: Mutex<Inner>,
     net: OnceLock<Network>,
+    /// The node's token: downloads end with the node.
+    cancel: OnceLock<CancellationToken>,
     /// Wakes replication (a follow, news by gossip).
     wake: Notify,
     fetches: Mutex<HashMap<ContentId, watch::Receiver<Progress>>>,
@@ -214,6 +216,7 @@ impl Content {
             config,
             inner: Mutex::new(inner),
             net: OnceLock::new(),
+            cancel: OnceLock::new(),
             wake: Notify::new(),
             fetches: Mutex::new(HashMap::new()),
             _temp: temp,
@@ -254,6 +257,7 @@ impl Content {
         cancel: CancellationToken,
     ) -> Result<Vec<tokio::task::JoinHandle<()>>, warren_net::StreamError> {
         let _ = self.net.set(net);
+        let _ = self.cancel.set(cancel.clone());
         let mut tasks = proto::serve(self.clone(), cancel.clone())?;
         tasks.push(tokio::spawn(replicate::run(self.clone(), cancel)));
         Ok(tasks)
@@ -496,7 +500,15 @@ impl Content {
         let size_hint = self.entry_for(&id).map(|e| e.size);
         let (tx, rx) = watch::channel(Progress::start(self.blobs.progress(&id)));
         fetches.insert(id, rx.clone());
-        tokio::spawn(fetch::run(self.clone(), id, size_hint, tx));
+        let cancel = self.cancel.get().cloned().unwrap_or_default();
+        let run = fetch::run(self.clone(), id, size_hint, tx);
+        tokio::spawn(async move {
+            // Cut short, the download stays in its .part/.have files for the next start.
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = run => {}
+            }
+        });
         rx
     }
 

@@ -94,54 +94,72 @@ async fn round(content: &Arc<Content>) {
     fetch_missing(content).await;
 }
 
-/// Brings `channel` up to date from the peers that hold it.
+/// Brings `channel` up to date from the peers that hold it: connected peers first (the
+/// DHT is searched meanwhile), then the holders the DHT names.
 pub(super) async fn sync_channel(content: &Arc<Content>, channel: &NodeId) {
     let net = content.net();
     let me = net.local_id();
-    let mut peers: Vec<NodeId> = Vec::new();
-    if let Ok(Ok(found)) = tokio::time::timeout(
-        Duration::from_secs(10),
-        net.find_providers(channel_key(channel), MAX_SYNC_PEERS),
-    )
-    .await
-    {
-        peers.extend(found);
-    }
+    let lookup = {
+        let content = content.clone();
+        let channel = *channel;
+        tokio::spawn(async move {
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                content
+                    .net()
+                    .find_providers(channel_key(&channel), MAX_SYNC_PEERS),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+        })
+    };
     let state = net.state();
-    peers.extend(state.connected.iter().copied());
-    let mut seen = BTreeSet::new();
-    peers.retain(|p| *p != me && !state.banned.contains(p) && seen.insert(*p));
-    // Connected peers may be many; the DHT's holders come first.
-    peers.truncate(MAX_SYNC_PEERS + 8);
-    for peer in peers {
-        for _ in 0..MAX_SYNC_PAGES {
-            let after = content.channel_len(channel);
-            let records = match sync_from(content, peer, channel, after).await {
-                Ok(r) => r,
-                Err(e) => {
-                    debug!(%peer, "channel sync failed: {e}");
-                    break;
-                }
-            };
-            let full = records.len() == MAX_SYNC_ENTRIES;
-            let mut refused = false;
-            for bytes in records {
-                let admitted = SignedEntry::from_bytes(&bytes)
-                    .map_err(|e| e.to_string())
-                    .and_then(|s| content.admit(*channel, s).map_err(|e| e.to_string()));
-                if let Err(e) = admitted {
-                    debug!(%peer, "a synced entry was refused: {e}");
-                    refused = true;
-                    break;
-                }
+    let mut asked = BTreeSet::from([me]);
+    let near: Vec<NodeId> = state
+        .connected
+        .iter()
+        .copied()
+        .filter(|p| !state.banned.contains(p))
+        .take(MAX_SYNC_PEERS + 8)
+        .collect();
+    for peer in near {
+        if asked.insert(peer) {
+            sync_with(content, peer, channel).await;
+        }
+    }
+    let far = lookup.await.unwrap_or_default();
+    for peer in far {
+        if !state.banned.contains(&peer) && asked.insert(peer) {
+            sync_with(content, peer, channel).await;
+        }
+    }
+}
+
+async fn sync_with(content: &Arc<Content>, peer: NodeId, channel: &NodeId) {
+    for _ in 0..MAX_SYNC_PAGES {
+        let after = content.channel_len(channel);
+        let records = match sync_from(content, peer, channel, after).await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(%peer, "channel sync failed: {e}");
+                return;
             }
-            if refused {
+        };
+        let full = records.len() == MAX_SYNC_ENTRIES;
+        for bytes in records {
+            let admitted = SignedEntry::from_bytes(&bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|s| content.admit(*channel, s).map_err(|e| e.to_string()));
+            if let Err(e) = admitted {
+                debug!(%peer, "a synced entry was refused: {e}");
                 content.net().penalise(peer).await;
-                break;
+                return;
             }
-            if !full {
-                break;
-            }
+        }
+        if !full {
+            return;
         }
     }
 }

@@ -268,3 +268,52 @@ async fn an_interrupted_download_resumes_with_only_the_missing_pieces() {
     cancel.cancel();
     fetcher.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_replicates_newest_first_within_its_quota() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let publisher = node(&dirs[0], Vec::new()).await;
+    let mut ids = Vec::new();
+    let mut channel = None;
+    for i in 0..3u8 {
+        let file = dirs[2].path().join(format!("clip-{i}.webm"));
+        let mut data = bytes(3 << 20);
+        data[0] = i;
+        std::fs::write(&file, &data).unwrap();
+        let p = publisher
+            .publish(file, "news", Some(format!("clip {i}")))
+            .await
+            .unwrap();
+        ids.push(p.id.parse::<ContentId>().unwrap());
+        channel = Some(p.channel.parse::<NodeId>().unwrap());
+    }
+
+    let mut net = memory_net(Identity::generate());
+    net.bootstrap = publisher.dial_addrs();
+    let mut config = NodeConfig::new(net);
+    config.data_dir = Some(dirs[1].path().to_path_buf());
+    // Room for two of the three 3 MiB clips.
+    config.content.quota = 7 << 20;
+    config.content.sync_every = Duration::from_millis(300);
+    let follower = NodeHandle::spawn(config).await.unwrap();
+    wait_connected(&follower, &[publisher.node_id()]).await;
+    follower.follow(channel.unwrap()).await;
+
+    let newest = [ids[2], ids[1]];
+    let held = tokio::time::timeout(Duration::from_secs(30), async {
+        while !newest.iter().all(|id| follower.content_path(id).is_some()) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(held.is_ok(), "the two newest clips were not replicated");
+    // A few more rounds: the oldest never fits.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        follower.content_path(&ids[0]).is_none(),
+        "the oldest clip was replicated beyond the quota"
+    );
+    assert!(follower.content_progress(&ids[0]).is_none(), "nor begun");
+    follower.shutdown().await;
+    publisher.shutdown().await;
+}

@@ -2,7 +2,9 @@
 //! against a running `warren testnet` on 127.0.0.1: the offers table shows the testnet's
 //! countries, clicking Connect opens a session that the page and `warren status` show,
 //! traffic flows and is paid, and the provider's own dashboard shows the session and its
-//! earnings. Screenshots go to `target/test-artifacts/` (or `$WARREN_TEST_ARTIFACTS`).
+//! earnings; the Content view lists a channel the consumer publishes (titles as text) and
+//! plays its entry from the gateway. Screenshots go to `target/test-artifacts/` (or
+//! `$WARREN_TEST_ARTIFACTS`).
 //!
 //! Skips (saying so) when chromium or chromedriver is missing; `scripts/test.sh` installs
 //! both (Debian `chromium`, `chromium-driver`).
@@ -187,6 +189,152 @@ impl Drop for Browser {
     }
 }
 
+/// What the dashboard's Content view must show as text: a publisher picks titles.
+const HOSTILE_TITLE: &str = "Clip <b>html</b> <img src=x onerror=alert(1)> & more";
+
+/// The Content view of the consumer's dashboard: a channel the consumer publishes through
+/// the CLI is listed with its entry (the title as text), the entry plays from the gateway,
+/// and the follow form and Unfollow work.
+fn content_view(browser: &Browser, data_dir: &std::path::Path, api: &str, other_node: &str) {
+    // A tiny "video": the dashboard only has to point a <video> at it.
+    let files = tempfile::tempdir().unwrap();
+    let file = files.path().join("x.webm");
+    let bytes = b"\x1a\x45\xdf\xa3 not really a webm, just bytes to stream\n".to_vec();
+    std::fs::write(&file, &bytes).unwrap();
+    let out = warren(
+        data_dir,
+        api.parse().unwrap(),
+        &[
+            "publish",
+            file.to_str().unwrap(),
+            "--channel",
+            "news",
+            "--title",
+            HOSTILE_TITLE,
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "publish: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let published: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = published["id"].as_str().unwrap().to_string();
+    let channel = published["channel"].as_str().unwrap().to_string();
+    let title = json!(HOSTILE_TITLE).to_string();
+
+    browser.go(&format!("http://{api}/#content"));
+    let listed = browser.until(
+        "the Content view lists the channel news",
+        Duration::from_secs(20),
+        "const r = document.querySelector(\"#channels tbody tr[data-name='news']\");
+         return r && [r.dataset.channel, r.dataset.role, r.cells[1].title, r.cells[1].textContent,
+                      r.cells[3].textContent, r.cells[4].textContent];",
+    );
+    let id_short = format!("…{}", &channel[channel.len() - 8..]);
+    assert_eq!(
+        listed,
+        json!([channel, "publisher", channel, id_short, "1", HOSTILE_TITLE]),
+    );
+
+    // The follow form follows a channel by id (here the provider's, which has none yet),
+    // and Unfollow drops it again.
+    browser.script(&format!(
+        "document.getElementById('follow-id').value = {}; return true;",
+        json!(other_node)
+    ));
+    browser.click("#follow-go");
+    let followed = format!("#channels tbody tr[data-channel='{other_node}']");
+    browser.until(
+        "the followed channel is listed as followed",
+        Duration::from_secs(20),
+        &format!(
+            "const r = document.querySelector(\"{followed}\");
+             return r && r.dataset.role === 'follower' && !!r.querySelector('button.unfollow')
+                 && document.getElementById('follow-id').value === '';"
+        ),
+    );
+    browser.click(&format!("{followed} button.unfollow"));
+    browser.until(
+        "the unfollowed channel leaves the list",
+        Duration::from_secs(20),
+        &format!("return !document.querySelector(\"{followed}\");"),
+    );
+
+    // The channel's entries: the title shown as text, not as markup.
+    browser.click("#channels tbody tr[data-name='news'] button.open-channel");
+    let row = format!("#entries tbody tr[data-content='{id}']");
+    let cells = browser.until(
+        "the channel's entry is listed",
+        Duration::from_secs(20),
+        &format!(
+            "const r = document.querySelector(\"{row}\");
+             return r && [...r.cells].map(c => c.textContent);"
+        ),
+    );
+    assert_eq!(cells[0], json!(HOSTILE_TITLE), "{cells}");
+    assert_eq!(cells[1], json!("video/webm"), "{cells}");
+    assert_eq!(cells[2], json!(format!("{} B", bytes.len())), "{cells}");
+    assert_eq!(cells[4], json!("yes"), "{cells}");
+    let markup = browser.script(&format!(
+        "return [document.querySelectorAll('#content b, #content img, #content script').length,
+                 document.getElementById('channel-h').textContent,
+                 [...document.querySelectorAll('#entries tbody td.title')].some(td => td.textContent === {title})];"
+    ));
+    assert_eq!(markup, json!([0, "Entries of news", true]));
+
+    // Play: a <video> streaming from the gateway.
+    browser.click(&format!("{row} button.play"));
+    let src = browser.until(
+        "the viewer shows a video of the entry",
+        Duration::from_secs(20),
+        &format!(
+            "const v = document.querySelector('#viewer-media video');
+             return !document.getElementById('viewer').hidden && v
+                 && document.getElementById('viewer-title').textContent === {title}
+                 && v.getAttribute('src');"
+        ),
+    );
+    let src = src.as_str().unwrap().to_string();
+    assert!(src.ends_with(&format!("/content/{id}")), "{src}");
+    // These bytes are no video: the element settles on an error, which the viewer says.
+    browser.until(
+        "the video element has tried the stream",
+        Duration::from_secs(20),
+        "const v = document.querySelector('#viewer-media video');
+         if (!(v.error || v.readyState >= 1)) return false;
+         document.getElementById('viewer').scrollIntoView({block: 'end'});
+         return true;",
+    );
+    browser.screenshot("dashboard-content.png");
+
+    // What the <video> streams: the published bytes, as video/webm, with Range.
+    let url = format!("http://{api}{src}");
+    let headers = files.path().join("headers");
+    let (code, body, err) = curl(&["--fail", "-D", headers.to_str().unwrap(), &url]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(body, bytes);
+    let head = std::fs::read_to_string(&headers).unwrap().to_lowercase();
+    assert!(head.contains("content-type: video/webm"), "{head}");
+    let (code, body, err) = curl(&[
+        "--fail",
+        "-D",
+        headers.to_str().unwrap(),
+        "-H",
+        "Range: bytes=4-7",
+        &url,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(body, bytes[4..8]);
+    let head = std::fs::read_to_string(&headers).unwrap().to_lowercase();
+    assert!(head.starts_with("http/1.1 206"), "{head}");
+    assert!(
+        head.contains(&format!("content-range: bytes 4-7/{}", bytes.len())),
+        "{head}"
+    );
+}
+
 #[test]
 fn the_dashboard_browses_connects_and_shows_the_provider_earning() {
     if !(found("chromium") && found("chromedriver")) {
@@ -295,6 +443,8 @@ fn the_dashboard_browses_connects_and_shows_the_provider_earning() {
         "return document.getElementById('selling').textContent.includes('0.05 WRN/GiB');",
     );
     browser.screenshot("dashboard-provider.png");
+
+    content_view(&browser, dir.path(), &api, &provider);
     drop(browser);
 
     let out = warren(dir.path(), api.parse().unwrap(), &["disconnect"]);

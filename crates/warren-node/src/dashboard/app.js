@@ -300,6 +300,303 @@ function listen() {
   setInterval(() => { if (paymentSeen) { paymentSeen = false; refresh(false); } }, 1000);
 }
 
+// Content: the channels this node publishes, follows or holds, and their entries. Names
+// and titles are whatever a publisher chose, so they only ever go into the page as text.
+const content = {
+  channels: [],
+  selected: null, // the id of the channel whose entries are shown
+  detail: null, // GET /api/v1/channels/{selected}
+  fetches: new Map(), // content id -> the last GET /api/v1/content/{id} of a fetch started here
+  shown: "", // what the tables show now, so they are rebuilt (losing focus) only on a change
+};
+
+const role = (c) => (c.own ? "publisher" : c.following ? "follower" : "held");
+const when = (secs) => new Date(secs * 1000).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+const contentUrl = (id) => "/content/" + encodeURIComponent(id);
+const channelPath = (id) => "/api/v1/channels/" + encodeURIComponent(id);
+function kindOf(mediaType) {
+  const top = String(mediaType || "").split("/")[0].toLowerCase();
+  return ["video", "audio", "image"].includes(top) ? top : "file";
+}
+// A name for a downloaded file: the title, less what file systems refuse.
+function fileName(title) {
+  return title.replace(/[\u0000-\u001f\u007f"*/:<>?\\|]+/g, "_").trim().slice(0, 120) || "download";
+}
+
+function button(text, cls, label, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = cls;
+  b.textContent = text;
+  b.setAttribute("aria-label", label);
+  b.addEventListener("click", () => onClick(b));
+  return b;
+}
+
+function downloadLink(entry, cls) {
+  const a = document.createElement("a");
+  a.href = contentUrl(entry.id);
+  a.download = fileName(entry.title);
+  a.textContent = "Download";
+  if (cls) a.className = cls;
+  return a;
+}
+
+function renderChannels() {
+  const body = $("channels").querySelector("tbody");
+  body.replaceChildren();
+  for (const c of content.channels) {
+    const row = document.createElement("tr");
+    row.dataset.channel = c.id;
+    row.dataset.name = c.name;
+    row.dataset.role = role(c);
+    if (c.id === content.selected) row.setAttribute("aria-current", "true");
+    const label = c.name || short(c.id);
+    const open = button(c.name || "(no name yet)", "link open-channel", "Show the entries of channel " + label, () => selectChannel(c.id));
+    if (!c.name) open.classList.add("muted");
+    row.appendChild(document.createElement("td")).appendChild(open);
+    cell(row, short(c.id), "mono").title = c.id;
+    cell(row, role(c));
+    cell(row, String(c.entries));
+    cell(row, c.latest ? c.latest.title : "–", "title");
+    const act = row.appendChild(document.createElement("td"));
+    act.className = "actions";
+    if (c.following) act.appendChild(button("Unfollow", "secondary unfollow", "Stop following " + label, (b) => unfollow(c, b)));
+    else if (!c.own) act.appendChild(button("Follow", "secondary follow", "Follow " + label, (b) => follow(c.id, b)));
+    body.appendChild(row);
+  }
+  if (!content.channels.length) {
+    const row = document.createElement("tr");
+    cell(row, "No channels yet: publish one with warren publish, or follow one above.").colSpan = 6;
+    body.appendChild(row);
+  }
+  const n = content.channels.length;
+  $("channels-caption").textContent = n + (n === 1 ? " channel" : " channels") + " this node publishes, follows or holds";
+}
+
+function fetchCell(td, actions, entry) {
+  const s = content.fetches.get(entry.id);
+  const failed = s && s.fetch && s.fetch.state === "failed";
+  if (entry.held || (s && s.complete)) {
+    td.textContent = "yes";
+  } else if (s && !failed) {
+    const bar = document.createElement("progress");
+    bar.max = s.size || 1;
+    if (s.size) bar.value = s.have;
+    const pct = s.size ? Math.floor((100 * s.have) / s.size) + " %" : "finding peers…";
+    bar.setAttribute("aria-label", "Fetching " + entry.title + ": " + pct);
+    td.append(bar, " " + pct);
+  } else {
+    td.textContent = failed ? "no (fetch failed)" : "no";
+    if (failed) td.title = s.fetch.error || "no peer has it";
+    actions.appendChild(button(failed ? "Retry" : "Fetch", "secondary fetch", "Fetch " + entry.title + " from peers", (b) => fetchEntry(entry.id, b)));
+  }
+}
+
+function renderEntries() {
+  const d = content.detail;
+  const table = $("entries");
+  const body = table.querySelector("tbody");
+  body.replaceChildren();
+  table.hidden = !d;
+  const about = $("channel-about");
+  if (!d) {
+    $("channel-h").textContent = "Entries";
+    about.textContent = "Pick a channel above to see its entries.";
+    return;
+  }
+  const c = d.channel;
+  $("channel-h").textContent = "Entries of " + (c.name ? c.name : "channel " + short(c.id));
+  const id = document.createElement("span");
+  id.className = "mono";
+  id.textContent = c.id;
+  about.replaceChildren(
+    c.own ? "Published by this node; others follow it by its id, " : c.following ? "Followed by this node: " : "Held by this node, not followed: ",
+    id,
+    "."
+  );
+  for (const e of [...d.entries].sort((a, b) => b.seq - a.seq)) {
+    const row = document.createElement("tr");
+    row.dataset.content = e.id;
+    cell(row, e.title, "title");
+    cell(row, e.media_type, "mono nowrap");
+    cell(row, bytes(e.size), "nowrap");
+    cell(row, when(e.published_at), "nowrap");
+    const held = cell(row, "", "held nowrap");
+    const actions = row.appendChild(document.createElement("td"));
+    actions.className = "actions";
+    const kind = kindOf(e.media_type);
+    if (kind === "file") actions.appendChild(downloadLink(e, "button secondary"));
+    else {
+      const verb = kind === "image" ? "Open" : "Play";
+      actions.appendChild(button(verb, "play", verb + " " + e.title, () => openEntry(e)));
+    }
+    fetchCell(held, actions, e);
+    body.appendChild(row);
+  }
+  if (!d.entries.length) {
+    const row = document.createElement("tr");
+    cell(row, "No entries yet: they arrive as peers that hold them are found.").colSpan = 6;
+    body.appendChild(row);
+  }
+}
+
+function renderContent() {
+  const key = JSON.stringify([content.channels, content.selected, content.detail, [...content.fetches]]);
+  if (key === content.shown) return;
+  content.shown = key;
+  renderChannels();
+  renderEntries();
+}
+
+async function loadContent() {
+  try {
+    content.channels = await api("GET", "/api/v1/channels");
+    if (content.selected && !content.channels.some((c) => c.id === content.selected)) content.selected = null;
+    content.detail = content.selected ? await api("GET", channelPath(content.selected)) : null;
+    // Fetches this page saw finish are shown by the entry's own "held" from now on.
+    for (const e of content.detail ? content.detail.entries : []) if (e.held) content.fetches.delete(e.id);
+    renderContent();
+  } catch (e) {
+    showError("The node did not answer: " + e.message);
+  }
+}
+
+// One load at a time; a call during one runs again after it, so no answer is missed.
+let contentLoad = null;
+let contentAgain = false;
+function refreshContent() {
+  if (contentLoad) {
+    contentAgain = true;
+    return contentLoad;
+  }
+  contentLoad = loadContent().finally(() => {
+    contentLoad = null;
+    if (contentAgain) {
+      contentAgain = false;
+      refreshContent();
+    }
+  });
+  return contentLoad;
+}
+
+function selectChannel(id) {
+  content.selected = id;
+  refreshContent();
+}
+
+async function follow(id, b) {
+  showError("");
+  b.disabled = true;
+  try {
+    const v = await api("POST", channelPath(id) + "/follow");
+    $("follow-result").textContent = "Following " + (v.name || short(v.id)) + ": its entries arrive as peers that hold them are found.";
+    content.selected = v.id;
+    await refreshContent();
+    return true;
+  } catch (e) {
+    showError("Could not follow: " + e.message);
+    return false;
+  } finally {
+    b.disabled = false;
+  }
+}
+
+async function unfollow(c, b) {
+  showError("");
+  b.disabled = true;
+  try {
+    await api("DELETE", channelPath(c.id) + "/follow");
+    $("follow-result").textContent = "No longer following " + (c.name || short(c.id)) + "; what this node holds of it stays.";
+  } catch (e) {
+    showError("Could not unfollow: " + e.message);
+    b.disabled = false;
+  }
+  refreshContent();
+}
+
+async function fetchEntry(id, b) {
+  showError("");
+  b.disabled = true;
+  b.textContent = "Starting…";
+  try {
+    content.fetches.set(id, await api("POST", "/api/v1/content/" + encodeURIComponent(id) + "/fetch"));
+    renderContent();
+  } catch (e) {
+    showError("Could not fetch: " + e.message);
+    b.disabled = false;
+    b.textContent = "Fetch";
+  }
+}
+
+// Fetches started here are polled until they end; one that ends brings the entry's new state.
+async function pollFetches() {
+  const running = [...content.fetches].filter(([, s]) => !s.complete && !(s.fetch && s.fetch.state !== "running"));
+  if (!running.length) return;
+  let ended = false;
+  await Promise.all(running.map(async ([id]) => {
+    try {
+      const s = await api("GET", "/api/v1/content/" + encodeURIComponent(id));
+      content.fetches.set(id, s);
+      if (s.complete || (s.fetch && s.fetch.state !== "running")) ended = true;
+    } catch (_) { /* the next poll tries again */ }
+  }));
+  renderContent();
+  if (ended) refreshContent();
+}
+
+function closeViewer() {
+  const box = $("viewer-media");
+  for (const m of box.querySelectorAll("video, audio")) {
+    // Stops the stream, not just the sound.
+    m.pause();
+    m.removeAttribute("src");
+    m.load();
+  }
+  box.replaceChildren();
+  $("viewer-error").hidden = true;
+  $("viewer").hidden = true;
+  delete $("viewer").dataset.content;
+}
+
+function openEntry(e) {
+  closeViewer();
+  const kind = kindOf(e.media_type);
+  const el = document.createElement(kind === "image" ? "img" : kind);
+  if (kind === "image") el.alt = e.title;
+  else {
+    el.controls = true;
+    el.preload = "metadata";
+  }
+  el.addEventListener("error", () => {
+    const err = $("viewer-error");
+    err.textContent = "The browser could not " + (kind === "image" ? "show" : "play") + " this " + e.media_type +
+      ": it may not decode it, or no peer has it. Download it instead.";
+    err.hidden = false;
+  });
+  el.src = contentUrl(e.id);
+  $("viewer-media").appendChild(el);
+  $("viewer-title").textContent = e.title;
+  $("viewer-meta").textContent = e.media_type + " · " + bytes(e.size);
+  const link = $("viewer-download");
+  link.href = contentUrl(e.id);
+  link.download = fileName(e.title);
+  $("viewer").dataset.content = e.id;
+  $("viewer").hidden = false;
+  $("viewer").scrollIntoView({ block: "nearest" });
+  if (kind !== "image") el.play().catch(() => { /* the error handler says why */ });
+}
+
+$("viewer-close").addEventListener("click", closeViewer);
+$("follow").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const id = $("follow-id").value.trim();
+  if (id && (await follow(id, $("follow-go")))) $("follow-id").value = "";
+});
+window.addEventListener("hashchange", () => { if (!$("content").hidden) refreshContent(); });
+setInterval(() => { if (!$("content").hidden) refreshContent(); }, 3000);
+setInterval(() => { if (!$("content").hidden) pollFetches(); }, 1000);
+
 $("sell").addEventListener("submit", async (e) => {
   e.preventDefault();
   showError("");
@@ -339,5 +636,6 @@ $("settle").addEventListener("click", async () => {
 
 showView();
 refresh();
+if (!$("content").hidden) refreshContent();
 listen();
 setInterval(() => refresh(false), 2000);

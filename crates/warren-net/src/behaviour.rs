@@ -182,7 +182,14 @@ fn make_behaviour(
             identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
                 .with_agent_version(format!("warren/{}", env!("CARGO_PKG_VERSION"))),
         ),
-        ping: ping::Behaviour::default(),
+        // A peer whose link went down (a cut cable, a country cut off) should stop counting
+        // as connected within seconds, not the 35 s of the defaults: content syncs and
+        // fetches pick sources among the connected peers.
+        ping: ping::Behaviour::new(
+            ping::Config::new()
+                .with_interval(Duration::from_secs(5))
+                .with_timeout(Duration::from_secs(10)),
+        ),
         kad,
         gossipsub,
         pull,

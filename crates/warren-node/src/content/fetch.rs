@@ -242,27 +242,50 @@ async fn find_sources(content: &Arc<Content>, id: &ContentId) -> Vec<(NodeId, u6
     sources
 }
 
-/// Asks each of `peers` at once whether it holds `id` whole.
+/// Asks each of `peers` at once whether it holds `id` whole. Once one has it, the others
+/// get a short grace to answer: a peer that stopped answering must not hold up the rest.
 async fn probe(
     content: &Arc<Content>,
     id: &ContentId,
     peers: Vec<NodeId>,
 ) -> Vec<(NodeId, u64, Option<warren_content::SignedEntry>)> {
-    let probes = peers.into_iter().map(|peer| async move {
-        let ask = async {
-            let mut c = BlobClient::open(content, peer).await?;
-            c.size(id).await
-        };
-        match tokio::time::timeout(Duration::from_secs(5), ask).await {
-            Ok(Ok(Some((size, entry)))) => Some((peer, size, entry)),
-            _ => None,
-        }
-    });
-    futures::future::join_all(probes)
-        .await
+    use futures::StreamExt;
+
+    let mut probes: futures::stream::FuturesUnordered<_> = peers
         .into_iter()
-        .flatten()
-        .collect()
+        .map(|peer| async move {
+            let ask = async {
+                let mut c = BlobClient::open(content, peer).await?;
+                c.size(id).await
+            };
+            match tokio::time::timeout(Duration::from_secs(5), ask).await {
+                Ok(Ok(Some((size, entry)))) => Some((peer, size, entry)),
+                _ => None,
+            }
+        })
+        .collect();
+    let mut found = Vec::new();
+    let mut grace: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match grace {
+            Some(deadline) => match tokio::time::timeout_at(deadline, probes.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+            None => probes.next().await,
+        };
+        match next {
+            None => break,
+            Some(Some(source)) => {
+                found.push(source);
+                grace.get_or_insert_with(|| {
+                    tokio::time::Instant::now() + Duration::from_millis(300)
+                });
+            }
+            Some(None) => {}
+        }
+    }
+    found
 }
 
 enum WorkerError {

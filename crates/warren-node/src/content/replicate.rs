@@ -80,6 +80,9 @@ async fn announce_held(content: &Arc<Content>) {
 }
 
 async fn round(content: &Arc<Content>) {
+    // What gossip brought since the last round is fetched first: syncing may wait on
+    // peers that stopped answering.
+    fetch_missing(content).await;
     for channel in content.follows() {
         let before = content.channel_len(&channel);
         sync_channel(content, &channel).await;
@@ -117,24 +120,29 @@ pub(super) async fn sync_channel(content: &Arc<Content>, channel: &NodeId) {
     };
     let state = net.state();
     let mut asked = BTreeSet::from([me]);
-    let near: Vec<NodeId> = state
+    let mut near: Vec<NodeId> = state
         .connected
         .iter()
         .copied()
         .filter(|p| !state.banned.contains(p))
         .take(MAX_SYNC_PEERS + 8)
         .collect();
-    for peer in near {
-        if asked.insert(peer) {
-            sync_with(content, peer, channel).await;
-        }
-    }
-    let far = lookup.await.unwrap_or_default();
-    for peer in far {
-        if !state.banned.contains(&peer) && asked.insert(peer) {
-            sync_with(content, peer, channel).await;
-        }
-    }
+    // Each group all at once: peers that no longer answer (their link just went down and
+    // the connections are not yet known dead) cost the round one stream-open timeout in
+    // all, not one each, before the blobs of what was found are fetched.
+    near.retain(|p| asked.insert(*p));
+    futures::future::join_all(
+        near.into_iter()
+            .map(|peer| sync_with(content, peer, channel)),
+    )
+    .await;
+    let mut far = lookup.await.unwrap_or_default();
+    far.retain(|p| !state.banned.contains(p) && asked.insert(*p));
+    futures::future::join_all(
+        far.into_iter()
+            .map(|peer| sync_with(content, peer, channel)),
+    )
+    .await;
 }
 
 async fn sync_with(content: &Arc<Content>, peer: NodeId, channel: &NodeId) {

@@ -3,6 +3,8 @@
 #   * time until every node holds every offer, for 100 and 1,000 in-process nodes
 #     (target: 1,000 nodes within 10 s);
 #   * idle resident memory of one `warren node` process on loopback (target: <= 30 MiB);
+#   * blob fetch throughput beside a raw libp2p stream between in-process nodes on
+#     127.0.0.1 (1 GiB blobs in $TMPDIR; target: fetch >= 80 % of raw);
 #   * proxy throughput and time to first byte beside shadowsocks-libev and direct, and
 #     `warren connect` to first byte (bench/proxy.sh, which installs shadowsocks-libev).
 #
@@ -38,6 +40,9 @@ if command -v taskset >/dev/null 2>&1; then
 else
   "$hub" || status=1
 fi
+
+echo "== content: blob fetch vs a raw libp2p stream (QUIC and TCP, 1 and 3 holders)"
+"$target_dir/release/bench-content" || status=1
 
 echo "== proxy: warren vs shadowsocks-libev vs direct (bench/proxy.sh)"
 WARREN_BENCH_BUILT=1 "$root/bench/proxy.sh" || status=1

@@ -21,4 +21,4 @@ pub use channel::{
     MAX_MEDIA_TYPE, MAX_TITLE, SignedEntry,
 };
 pub use feeds::ChannelStore;
-pub use store::{BlobStore, Partial, StoreError};
+pub use store::{BlobStore, Partial, PieceWriter, StoreError};

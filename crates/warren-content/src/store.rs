@@ -256,6 +256,8 @@ impl BlobStore {
             size,
             file,
             have,
+            unsaved: 0,
+            finished: false,
         })
     }
 
@@ -296,6 +298,38 @@ pub struct Partial {
     size: u64,
     file: File,
     have: Vec<bool>,
+    /// Pieces marked since the `.have` file was last written.
+    unsaved: usize,
+    /// Set once the download became a blob: nothing more to save.
+    finished: bool,
+}
+
+/// How many pieces are marked between two writes of the `.have` file.
+pub const SAVE_EVERY: usize = 8;
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.finished && self.unsaved > 0 {
+            let _ = self.save_have();
+        }
+    }
+}
+
+/// Verifies and writes pieces of one download (see [`Partial::writer`]).
+#[derive(Debug)]
+pub struct PieceWriter {
+    id: ContentId,
+    size: u64,
+    file: File,
+}
+
+impl PieceWriter {
+    /// Checks an encoded piece against the content id and writes its bytes in place. On
+    /// error nothing unverified was written; the piece is not yet counted either way.
+    pub fn write_piece(&mut self, piece: u64, encoded: &[u8]) -> Result<(), StoreError> {
+        blob::decode_piece(self.id, self.size, piece, encoded, &mut self.file)?;
+        Ok(())
+    }
 }
 
 impl Partial {
@@ -339,12 +373,44 @@ impl Partial {
         if self.has_piece(piece) {
             return Ok(());
         }
-        blob::decode_piece(self.id, self.size, piece, encoded, &mut self.file)?;
-        self.have[piece as usize] = true;
-        self.save_have()
+        self.writer()?.write_piece(piece, encoded)?;
+        self.mark(piece)
     }
 
-    fn save_have(&self) -> Result<(), StoreError> {
+    /// A handle that verifies and writes pieces without holding the download, so several
+    /// sources' pieces are checked at once; [`Partial::mark`] then records each.
+    pub fn writer(&self) -> Result<PieceWriter, StoreError> {
+        let part = self.store.part_path(&self.id);
+        Ok(PieceWriter {
+            id: self.id,
+            size: self.size,
+            file: self.file.try_clone().map_err(at(&part))?,
+        })
+    }
+
+    /// Records that `piece` was verified and written by a [`PieceWriter`]. The record is
+    /// saved every [`SAVE_EVERY`] pieces and when the download is dropped, so a crash
+    /// loses at most that many pieces of progress.
+    pub fn mark(&mut self, piece: u64) -> Result<(), StoreError> {
+        let Some(h) = self.have.get_mut(piece as usize) else {
+            return Err(PieceError::OutOfRange {
+                piece,
+                pieces: self.have.len() as u64,
+            }
+            .into());
+        };
+        if !*h {
+            *h = true;
+            self.unsaved += 1;
+        }
+        if self.unsaved >= SAVE_EVERY || self.is_complete() {
+            self.save_have()?;
+        }
+        Ok(())
+    }
+
+    fn save_have(&mut self) -> Result<(), StoreError> {
+        self.unsaved = 0;
         let mut bits = vec![0u8; self.have.len().div_ceil(8)];
         for (i, h) in self.have.iter().enumerate() {
             if *h {
@@ -366,13 +432,13 @@ impl Partial {
     /// Once every piece is in, hashes the whole once more and makes it a blob of the store.
     /// A mismatch (which verified pieces make impossible short of a disk error) discards
     /// the download.
-    pub fn finish(self) -> Result<u64, StoreError> {
+    pub fn finish(mut self) -> Result<u64, StoreError> {
         if !self.is_complete() {
             return Err(io::Error::other("the download is not complete").into());
         }
+        self.finished = true;
         let part = self.store.part_path(&self.id);
         self.file.set_len(self.size).map_err(at(&part))?;
-        drop(self.file);
         match self.store.adopt(&part, self.size, Some(self.id)) {
             Ok(_) => {
                 let _ = fs::remove_file(self.store.have_path(&self.id));

@@ -564,7 +564,7 @@ impl NodeHandle {
 
     /// Verified bytes held of a blob and its size (whole, or a download under way).
     pub fn content_progress(&self, id: &warren_content::ContentId) -> Option<(u64, u64)> {
-        self.shared.content.blobs.progress(id)
+        self.shared.content.progress(id)
     }
 
     /// Where a blob held whole keeps its bytes.

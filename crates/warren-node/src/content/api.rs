@@ -179,7 +179,7 @@ pub(crate) async fn get_content_status(
 }
 
 fn status_of(shared: &Shared, id: ContentId) -> ContentStatus {
-    let progress = shared.content.blobs.progress(&id);
+    let progress = shared.content.progress(&id);
     let complete = shared.content.blobs.contains(&id);
     let fetch = shared.content.fetch_progress(&id);
     ContentStatus {

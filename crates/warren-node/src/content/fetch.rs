@@ -222,7 +222,7 @@ async fn find_sources(content: &Arc<Content>, id: &ContentId) -> Vec<(NodeId, u6
     let more = if found.is_empty() {
         (&mut far).await.unwrap_or_default()
     } else {
-        let more = tokio::time::timeout(Duration::from_millis(500), &mut far).await;
+        let more = tokio::time::timeout(Duration::from_millis(150), &mut far).await;
         far.abort();
         more.ok().and_then(Result::ok).unwrap_or_default()
     };
@@ -328,6 +328,12 @@ async fn pull(
     let mut client = BlobClient::open(content, peer)
         .await
         .map_err(WorkerError::Peer)?;
+    // Each source verifies and writes on its own handle; the download is locked only to
+    // count a piece in.
+    let writer = lock(part)
+        .writer()
+        .map_err(|e| WorkerError::Local(e.to_string()))?;
+    let writer = Arc::new(Mutex::new(writer));
     let mut buf = Vec::new();
     loop {
         while inflight.len() < PIPELINE {
@@ -358,9 +364,12 @@ async fn pull(
             Err(e) => return Err(WorkerError::Peer(e)),
         }
         let encoded = std::mem::take(&mut buf);
+        let w = writer.clone();
         let p = part.clone();
         let (added, encoded) = blocking(move || {
-            let r = lock(&p).add_piece(piece, &encoded);
+            let r = lock(&w)
+                .write_piece(piece, &encoded)
+                .and_then(|()| lock(&p).mark(piece));
             (r, encoded)
         })
         .await

@@ -512,6 +512,21 @@ impl Content {
         rx
     }
 
+    /// Verified bytes held of `id` and its size: from the download under way if there is
+    /// one (its record on disk is written only every few pieces), else from the store.
+    pub(crate) fn progress(&self, id: &ContentId) -> Option<(u64, u64)> {
+        if let Some(size) = self.blobs.size(id) {
+            return Some((size, size));
+        }
+        if let Some(p) = self.fetch_progress(id)
+            && !p.finished()
+            && let Some(size) = p.size
+        {
+            return Some((p.have, size));
+        }
+        self.blobs.progress(id)
+    }
+
     /// The progress of the download of `id`, if one was started since the node began.
     pub(crate) fn fetch_progress(&self, id: &ContentId) -> Option<Progress> {
         let fetches = self.fetches.lock().unwrap_or_else(|p| p.into_inner());

@@ -142,7 +142,21 @@ async fn fetch(
         let workers = sources
             .iter()
             .map(|peer| worker(content, *peer, id, queue.clone(), part.clone(), tx));
-        let results = futures::future::join_all(workers).await;
+        // Once every piece is in, a source still waiting on a slow answer is not waited
+        // for: its request is simply dropped.
+        let mut done = tx.subscribe();
+        let all_in = async {
+            while done.changed().await.is_ok() {
+                if lock(&part).is_complete() {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        let results = tokio::select! {
+            results = futures::future::join_all(workers) => results,
+            () = all_in => Vec::new(),
+        };
         for (peer, result) in sources.iter().zip(results) {
             match result {
                 Ok(()) => {}

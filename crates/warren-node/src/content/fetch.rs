@@ -3,7 +3,8 @@
 //! Sources are the peers the DHT names as holders and the peers this node is connected to
 //! (followers of a channel, mDNS neighbours), each asked whether it holds the blob whole.
 //! One worker per source takes the next missing piece from a shared queue, keeping two
-//! requests in flight on its stream. A piece that does not verify is thrown away, the peer
+//! requests in flight on its stream; at the end, a source with nothing left to take asks for
+//! pieces still in flight elsewhere. A piece that does not verify is thrown away, the peer
 //! is penalised and dropped, and the piece goes back into the queue for the others. The
 //! download lives in the store's `.part`/`.have` files, so it resumes after a restart.
 
@@ -351,7 +352,15 @@ async fn pull(
     let mut buf = Vec::new();
     loop {
         while inflight.len() < PIPELINE {
-            let Some(piece) = lock(queue).pop_front() else {
+            // The end game: with the queue empty, ask for a piece another source has had
+            // in flight, so one slow or silent peer cannot hold the last pieces back.
+            let next = lock(queue).pop_front().or_else(|| {
+                lock(part)
+                    .missing()
+                    .into_iter()
+                    .find(|p| !inflight.contains(p))
+            });
+            let Some(piece) = next else {
                 break;
             };
             client

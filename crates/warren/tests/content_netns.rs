@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use support::netns::{can_run, del_netns, ip};
 use support::web::{bytes_from, sha256};
 use support::{NodeProc, eventually, warren_bin};
 
@@ -39,59 +40,6 @@ const PORT: u16 = 4451;
 
 /// How long any one stage may take.
 const STAGE: Duration = Duration::from_secs(60);
-
-/// Whether this process can make network namespaces: root, `ip` and `bash` (the
-/// reachability probe uses bash's /dev/tcp, as `ping` is often not installed).
-fn can_run() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false);
-    let works = |prog: &str, arg: &str| {
-        Command::new(prog)
-            .arg(arg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let ip = works("ip", "-V");
-    let bash = works("bash", "--version");
-    if !(root && ip && bash) {
-        eprintln!(
-            "skipping: needs root, iproute2 and bash (root: {root}, ip found: {ip}, bash found: {bash})"
-        );
-    }
-    root && ip && bash
-}
-
-/// Runs `ip args…` and panics with its stderr if it fails.
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("could not run ip");
-    assert!(
-        out.status.success(),
-        "ip {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Deletes a namespace if it exists; errors (it did not exist) are ignored.
-fn del_netns(name: &str) {
-    let _ = Command::new("ip")
-        .args(["netns", "del", name])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
 
 /// Runs `cmd` and waits at most `limit` for it; a command still running then is killed
 /// (by its pid) and reported as failed.
@@ -463,7 +411,7 @@ impl Nodes {
 
 #[test]
 fn content_survives_a_country_cut_off_from_the_world() {
-    if !can_run() {
+    if !can_run(&["bash"]) {
         return;
     }
     let started = Instant::now();

@@ -12,6 +12,7 @@ mod support;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use support::netns::{can_run, del_netns, ip};
 use support::{NodeProc, eventually, warren_bin};
 
 /// What the nodes log (shown only when a test fails): enough to tell whether mDNS found
@@ -19,52 +20,6 @@ use support::{NodeProc, eventually, warren_bin};
 /// ran. `WARREN_LOG` overrides it.
 const LOG_FILTER: &str = "info,warren_net=debug,warren_node=debug,libp2p_mdns=debug,\
                           libp2p_swarm=debug,libp2p_tcp=debug";
-
-/// Whether this process can make network namespaces: root, and `ip` is installed.
-fn can_run() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false);
-    let ip = Command::new("ip")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !(root && ip) {
-        eprintln!("skipping: needs root and iproute2 (root: {root}, ip found: {ip})");
-    }
-    root && ip
-}
-
-/// Runs `ip args…` and panics with its stderr if it fails.
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("could not run ip");
-    assert!(
-        out.status.success(),
-        "ip {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Deletes a namespace if it exists; errors (it did not exist) are ignored.
-fn del_netns(name: &str) {
-    let _ = Command::new("ip")
-        .args(["netns", "del", name])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
 
 /// Two namespaces `a` and `b` joined by a veth pair on a private /24 that exists only
 /// inside them. Dropping it deletes both namespaces (and with them the veth pair).
@@ -212,7 +167,7 @@ fn peers(ns: &str, node: &NodeProc) -> Option<u64> {
 
 #[test]
 fn mdns_finds_a_provider_across_a_veth_pair() {
-    if !can_run() {
+    if !can_run(&[]) {
         return;
     }
     let started = Instant::now();
@@ -277,7 +232,7 @@ fn mdns_finds_a_provider_across_a_veth_pair() {
 /// The negative control: with `--no-mdns` on both sides, the same setup finds nothing.
 #[test]
 fn without_mdns_nodes_in_the_namespaces_stay_apart() {
-    if !can_run() {
+    if !can_run(&[]) {
         return;
     }
     let net = NetnsPair::create("n", 214);

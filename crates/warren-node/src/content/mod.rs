@@ -429,25 +429,26 @@ impl Content {
 
         let key = channel_identity(&self.identity, &name);
         let channel = key.node_id();
-        let signed = {
+        let (signed, seq) = {
             let mut inner = self.inner();
             inner.own.insert(name.clone(), channel);
             let ch = inner
                 .channels
                 .entry(channel)
                 .or_insert_with(|| Channel::new(channel));
-            ch.publish(
-                &key,
-                &name,
-                id,
-                &title,
-                &media_type,
-                size,
-                crate::unix_now(),
-            )
-            .map_err(|e| ContentError::Failed(e.to_string()))?
+            let signed = ch
+                .publish(
+                    &key,
+                    &name,
+                    id,
+                    &title,
+                    &media_type,
+                    size,
+                    crate::unix_now(),
+                )
+                .map_err(|e| ContentError::Failed(e.to_string()))?;
+            (signed, ch.len() - 1)
         };
-        let seq = signed.verify().map(|e| e.seq).unwrap_or_default();
         self.feeds
             .append(&signed)
             .map_err(|e| ContentError::Failed(e.to_string()))?;

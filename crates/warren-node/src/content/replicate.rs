@@ -188,14 +188,15 @@ async fn fetch_missing(content: &Arc<Content>) {
     }
     wanted.sort_by_key(|w| std::cmp::Reverse((w.0, w.1)));
     let mut seen = BTreeSet::new();
+    // Disk in use, read once a round; what this round fetches is added as it completes.
+    let blobs = content.blobs.clone();
+    let mut used = tokio::task::spawn_blocking(move || blobs.total_bytes())
+        .await
+        .unwrap_or(u64::MAX);
     for (_, _, id, size) in wanted {
         if !seen.insert(id) || content.blobs.contains(&id) {
             continue;
         }
-        let blobs = content.blobs.clone();
-        let used = tokio::task::spawn_blocking(move || blobs.total_bytes())
-            .await
-            .unwrap_or(u64::MAX);
         if used.saturating_add(size) > content.config.quota {
             debug!(%id, size, used, quota = content.config.quota, "over the quota; not replicating");
             continue;
@@ -205,6 +206,9 @@ async fn fetch_missing(content: &Arc<Content>) {
             if progress.changed().await.is_err() {
                 break;
             }
+        }
+        if progress.borrow().error.is_none() {
+            used = used.saturating_add(size);
         }
     }
 }

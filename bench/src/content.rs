@@ -11,7 +11,7 @@
 //! 2. **fetch, 1 peer**: A publishes a random blob through its API (`POST /api/v1/content`);
 //!    a fresh node C, connected to A, fetches it (`POST /api/v1/content/<id>/fetch`, then
 //!    `GET /api/v1/content/<id>` until `complete`). Every piece is verified (bao-tree) and
-//!    written to C's disk, and the whole blob hashed once more, as in production.
+//!    written to C's disk with the hashes that proved it (its outboard), as in production.
 //! 3. **fetch, N peers** (default 3): A1..AN hold the same blob; a fresh node fetches from
 //!    all of them at once. Beside it, **raw ×N**: one stream from each at once.
 //!

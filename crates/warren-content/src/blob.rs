@@ -10,7 +10,7 @@ use std::io;
 use std::ops::Range;
 
 use bao_tree::io::outboard::{EmptyOutboard, PostOrderOutboard};
-use bao_tree::io::sync::{ReadAt, WriteAt};
+use bao_tree::io::sync::{Outboard, OutboardMut, ReadAt, WriteAt};
 use bao_tree::io::{DecodeError, EncodeError};
 use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
 
@@ -116,6 +116,40 @@ pub fn decode_piece<W: WriteAt>(
     encoded: &[u8],
     target: W,
 ) -> Result<(), PieceError> {
+    let outboard = EmptyOutboard {
+        tree: tree(size),
+        root: blake3::Hash::from_bytes(id.0),
+    };
+    decode_into(id, size, piece, encoded, target, outboard)
+}
+
+/// [`decode_piece`], also writing the verified hashes it meets into `outboard` (a post-order
+/// outboard being built): once every piece went through here, `outboard` is the blob's
+/// whole outboard and the blob need not be hashed again.
+pub fn decode_piece_with_outboard<W: WriteAt, O: ReadAt + WriteAt>(
+    id: ContentId,
+    size: u64,
+    piece: u64,
+    encoded: &[u8],
+    target: W,
+    outboard: O,
+) -> Result<(), PieceError> {
+    let outboard = PostOrderOutboard {
+        root: blake3::Hash::from_bytes(id.0),
+        tree: tree(size),
+        data: outboard,
+    };
+    decode_into(id, size, piece, encoded, target, outboard)
+}
+
+fn decode_into<W: WriteAt, O: OutboardMut + Outboard>(
+    id: ContentId,
+    size: u64,
+    piece: u64,
+    encoded: &[u8],
+    target: W,
+    outboard: O,
+) -> Result<(), PieceError> {
     check_piece(size, piece)?;
     if encoded.len() as u64 > MAX_ENCODED_PIECE {
         return Err(PieceError::TooLong {
@@ -123,10 +157,7 @@ pub fn decode_piece<W: WriteAt>(
             len: encoded.len(),
         });
     }
-    let outboard = EmptyOutboard {
-        tree: tree(size),
-        root: blake3::Hash::from_bytes(id.0),
-    };
+    debug_assert_eq!(outboard.root(), blake3::Hash::from_bytes(id.0));
     let ranges = piece_chunks(size, piece);
     let mut reader = encoded;
     bao_tree::io::sync::decode_ranges(&mut reader, &ranges, target, outboard).map_err(|e| {
@@ -146,6 +177,11 @@ pub fn decode_piece<W: WriteAt>(
         });
     }
     Ok(())
+}
+
+/// The length of a post-order outboard of a blob of `size` bytes.
+pub fn outboard_len(size: u64) -> u64 {
+    tree(size).outboard_size()
 }
 
 /// Computes the post-order outboard of `data` (`size` bytes) into `outboard`; returns the

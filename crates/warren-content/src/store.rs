@@ -4,13 +4,16 @@
 //! ```text
 //! blobs/<id>          a complete blob's bytes
 //! blobs/<id>.obao4    its post-order outboard (16 KiB chunk groups)
-//! blobs/<id>.part     a download under way: verified pieces at their offsets
-//! blobs/<id>.have     the download's size and which pieces are in the .part file
+//! blobs/<id>.part         a download under way: verified pieces at their offsets
+//! blobs/<id>.part.obao4   its outboard so far: the verified hashes the pieces brought
+//! blobs/<id>.have         the download's size and which pieces are in the .part file
 //! ```
 //!
-//! Every piece that enters a `.part` file has verified against the id; a finished download
-//! is hashed whole once more before it becomes a blob. Files appear by rename, so a crash
-//! leaves either the old state or the new one. Calls block; run them off the async runtime.
+//! Every piece that enters a `.part` file has verified against the id, and the hashes that
+//! proved it are kept in the download's outboard; once every piece is in, that outboard is
+//! whole, so a finished download becomes a blob without being hashed again. Files appear
+//! by rename, so a crash leaves either the old state or the new one. Calls block; run them
+//! off the async runtime.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -90,6 +93,10 @@ impl BlobStore {
         self.dir.join(format!("{id}.have"))
     }
 
+    fn part_outboard_path(&self, id: &ContentId) -> PathBuf {
+        self.dir.join(format!("{id}.part.{OUTBOARD}"))
+    }
+
     fn temp_path(&self) -> PathBuf {
         let mut r = [0u8; 8];
         getrandom::fill(&mut r).expect("the OS has randomness");
@@ -141,6 +148,7 @@ impl BlobStore {
             self.data_path(id),
             self.outboard_path(id),
             self.part_path(id),
+            self.part_outboard_path(id),
             self.have_path(id),
             // An entry a download brought along (the node keeps it beside the blob).
             self.dir.join(format!("{id}.entry")),
@@ -211,6 +219,23 @@ impl BlobStore {
         Ok(id)
     }
 
+    /// Hashes a held blob whole and checks it against its id and its outboard; a blob that
+    /// fails is removed (it can be fetched again).
+    pub fn verify(&self, id: &ContentId) -> Result<(), StoreError> {
+        let size = self.size(id).ok_or(StoreError::NotFound(*id))?;
+        let path = self.data_path(id);
+        let reader = BufReader::with_capacity(1 << 20, File::open(&path).map_err(at(&path))?);
+        let mut fresh = Vec::new();
+        let got = blob::outboard(reader.take(size), size, &mut fresh).map_err(at(&path))?;
+        let outboard = self.outboard_path(id);
+        let held = fs::read(&outboard).map_err(at(&outboard))?;
+        if got != *id || held != fresh {
+            let _ = self.remove(id);
+            return Err(StoreError::HashMismatch { want: *id, got });
+        }
+        Ok(())
+    }
+
     /// Encodes piece `piece` of a complete blob for a peer, verifying it as it is read.
     pub fn encode_piece(&self, id: &ContentId, piece: u64) -> Result<Vec<u8>, StoreError> {
         let size = self.size(id).ok_or(StoreError::NotFound(*id))?;
@@ -240,21 +265,33 @@ impl BlobStore {
                 *h = meta.have[i / 8] & (1 << (i % 8)) != 0;
             }
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&part)
-            .map_err(at(&part))?;
+        let part_outboard = self.part_outboard_path(&id);
+        // Pieces recorded without the hashes that proved them (a download begun by an
+        // older version) cannot finish without hashing: start over instead.
+        if !part_outboard.exists() {
+            have.fill(false);
+        }
+        let open = |path: &Path| {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(at(path))
+        };
+        let file = open(&part)?;
+        let outboard = open(&part_outboard)?;
         if have.iter().all(|h| !h) {
             file.set_len(0).map_err(at(&part))?;
+            outboard.set_len(0).map_err(at(&part_outboard))?;
         }
         Ok(Partial {
             store: self.clone(),
             id,
             size,
             file,
+            outboard,
             have,
             unsaved: 0,
             finished: false,
@@ -297,6 +334,8 @@ pub struct Partial {
     id: ContentId,
     size: u64,
     file: File,
+    /// The download's outboard, filled in by the pieces as they verify.
+    outboard: File,
     have: Vec<bool>,
     /// Pieces marked since the `.have` file was last written.
     unsaved: usize,
@@ -321,13 +360,21 @@ pub struct PieceWriter {
     id: ContentId,
     size: u64,
     file: File,
+    outboard: File,
 }
 
 impl PieceWriter {
     /// Checks an encoded piece against the content id and writes its bytes in place. On
     /// error nothing unverified was written; the piece is not yet counted either way.
     pub fn write_piece(&mut self, piece: u64, encoded: &[u8]) -> Result<(), StoreError> {
-        blob::decode_piece(self.id, self.size, piece, encoded, &mut self.file)?;
+        blob::decode_piece_with_outboard(
+            self.id,
+            self.size,
+            piece,
+            encoded,
+            &mut self.file,
+            &mut self.outboard,
+        )?;
         Ok(())
     }
 }
@@ -377,6 +424,13 @@ impl Partial {
         self.mark(piece)
     }
 
+    /// A read handle on the download's file, for serving verified pieces before the
+    /// download is finished; it stays valid when the file becomes the blob.
+    pub fn reader(&self) -> Result<File, StoreError> {
+        let part = self.store.part_path(&self.id);
+        self.file.try_clone().map_err(at(&part))
+    }
+
     /// A handle that verifies and writes pieces without holding the download, so several
     /// sources' pieces are checked at once; [`Partial::mark`] then records each.
     pub fn writer(&self) -> Result<PieceWriter, StoreError> {
@@ -385,6 +439,7 @@ impl Partial {
             id: self.id,
             size: self.size,
             file: self.file.try_clone().map_err(at(&part))?,
+            outboard: self.outboard.try_clone().map_err(at(&part))?,
         })
     }
 
@@ -429,26 +484,26 @@ impl Partial {
         Ok(())
     }
 
-    /// Once every piece is in, hashes the whole once more and makes it a blob of the store.
-    /// A mismatch (which verified pieces make impossible short of a disk error) discards
-    /// the download.
+    /// Once every piece is in, makes the download a blob of the store: its pieces all
+    /// verified against the id and its outboard holds the hashes that proved them, so
+    /// nothing is hashed again ([`BlobStore::verify`] does that on demand).
     pub fn finish(mut self) -> Result<u64, StoreError> {
         if !self.is_complete() {
             return Err(io::Error::other("the download is not complete").into());
         }
         self.finished = true;
         let part = self.store.part_path(&self.id);
+        let part_outboard = self.store.part_outboard_path(&self.id);
         self.file.set_len(self.size).map_err(at(&part))?;
-        match self.store.adopt(&part, self.size, Some(self.id)) {
-            Ok(_) => {
-                let _ = fs::remove_file(self.store.have_path(&self.id));
-                Ok(self.size)
-            }
-            Err(e) => {
-                let _ = self.store.remove(&self.id);
-                Err(e)
-            }
-        }
+        self.outboard
+            .set_len(blob::outboard_len(self.size))
+            .map_err(at(&part_outboard))?;
+        let outboard = self.store.outboard_path(&self.id);
+        fs::rename(&part_outboard, &outboard).map_err(at(&outboard))?;
+        let dest = self.store.data_path(&self.id);
+        fs::rename(&part, &dest).map_err(at(&dest))?;
+        let _ = fs::remove_file(self.store.have_path(&self.id));
+        Ok(self.size)
     }
 }
 

@@ -116,3 +116,104 @@ fn removing_forgets_blob_and_download() {
     assert!(a.list().is_empty());
     a.remove(&id).unwrap();
 }
+
+#[test]
+fn a_finished_download_has_the_outboard_hashing_would_give() {
+    let (_dir, a, b) = stores();
+    let group = 16 * 1024;
+    let sizes = [
+        0,
+        1,
+        group - 1,
+        group,
+        group + 1,
+        PIECE_BYTES as usize,
+        PIECE_BYTES as usize + 1,
+        3 * PIECE_BYTES as usize + 777,
+    ];
+    for (n, len) in sizes.into_iter().enumerate() {
+        let bytes = data(len);
+        let (id, size) = a.import_bytes(&bytes).unwrap();
+        let mut part = b.partial(id, size).unwrap();
+        // Last piece first, then alternating ends: the outboard fills in any order.
+        let mut order = part.missing();
+        if n % 2 == 1 {
+            order.reverse();
+        }
+        for piece in order {
+            part.add_piece(piece, &a.encode_piece(&id, piece).unwrap())
+                .unwrap();
+        }
+        part.finish().unwrap();
+        assert_eq!(fs::read(b.data_path(&id)).unwrap(), bytes, "{len} bytes");
+        assert_eq!(
+            fs::read(b.outboard_path(&id)).unwrap(),
+            fs::read(a.outboard_path(&id)).unwrap(),
+            "{len} bytes: the outboard built from the pieces is the one hashing gives"
+        );
+        b.verify(&id).unwrap();
+        assert!(!b.part_outboard_path(&id).exists());
+    }
+}
+
+#[test]
+fn verify_finds_a_rotten_blob_and_removes_it() {
+    let (_dir, a, _b) = stores();
+    let bytes = data(2 * PIECE_BYTES as usize);
+    let (id, _) = a.import_bytes(&bytes).unwrap();
+    a.verify(&id).unwrap();
+    let mut rotten = bytes.clone();
+    rotten[12345] ^= 1;
+    fs::write(a.data_path(&id), &rotten).unwrap();
+    assert!(matches!(
+        a.verify(&id),
+        Err(StoreError::HashMismatch { want, .. }) if want == id
+    ));
+    assert!(!a.contains(&id));
+    assert!(matches!(a.verify(&id), Err(StoreError::NotFound(_))));
+}
+
+#[test]
+fn a_download_without_its_outboard_starts_over() {
+    let (_dir, a, b) = stores();
+    let bytes = data(3 * PIECE_BYTES as usize);
+    let (id, size) = a.import_bytes(&bytes).unwrap();
+    let mut part = b.partial(id, size).unwrap();
+    part.add_piece(1, &a.encode_piece(&id, 1).unwrap()).unwrap();
+    drop(part);
+    fs::remove_file(b.part_outboard_path(&id)).unwrap();
+    let mut part = b.partial(id, size).unwrap();
+    assert_eq!(
+        part.missing(),
+        vec![0, 1, 2],
+        "the hashes of piece 1 are gone"
+    );
+    for piece in part.missing() {
+        part.add_piece(piece, &a.encode_piece(&id, piece).unwrap())
+            .unwrap();
+    }
+    part.finish().unwrap();
+    b.verify(&id).unwrap();
+}
+
+#[test]
+fn a_download_under_a_wrong_size_never_finishes() {
+    let (_dir, a, b) = stores();
+    let bytes = data(2 * PIECE_BYTES as usize + 100);
+    let (id, size) = a.import_bytes(&bytes).unwrap();
+    for wrong in [size - 1, size + 1, size - 99, 2 * PIECE_BYTES] {
+        let mut part = b.partial(id, wrong).unwrap();
+        let last = part.missing().len() as u64 - 1;
+        let refused = part.missing().into_iter().any(|piece| {
+            let honest = a.encode_piece(&id, piece.min(2)).unwrap();
+            part.add_piece(piece, &honest).is_err()
+        });
+        assert!(
+            refused,
+            "size {wrong}: the last piece ({last}) proves the size"
+        );
+        assert!(part.finish().is_err());
+        assert!(!b.contains(&id));
+        b.remove(&id).unwrap();
+    }
+}

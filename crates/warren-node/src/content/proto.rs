@@ -99,7 +99,10 @@ async fn accept_loop(
 }
 
 /// Reads exactly `buf.len()` bytes, or returns `Ok(false)` on a clean end before the first.
-async fn read_request(s: &mut NetStream, buf: &mut [u8]) -> std::io::Result<bool> {
+async fn read_request(
+    s: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut [u8],
+) -> std::io::Result<bool> {
     let first = tokio::time::timeout(IDLE, s.read(&mut buf[..1]))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "idle"))??;
@@ -112,59 +115,100 @@ async fn read_request(s: &mut NetStream, buf: &mut [u8]) -> std::io::Result<bool
     Ok(true)
 }
 
-async fn serve_blob(content: Arc<Content>, _peer: NodeId, mut s: NetStream) -> std::io::Result<()> {
-    let mut req = [0u8; 41];
-    for _ in 0..MAX_REQUESTS_PER_STREAM {
-        if !read_request(&mut s, &mut req).await? {
-            break;
-        }
-        let id = ContentId(req[1..33].try_into().expect("32 bytes"));
-        let piece = u64::from_le_bytes(req[33..41].try_into().expect("8 bytes"));
-        match req[0] {
-            OP_SIZE => match content.blobs.size(&id) {
-                Some(size) => {
-                    let entry = content
-                        .signed_entry_for(&id)
-                        .map(|e| e.to_bytes())
-                        .unwrap_or_default();
-                    let mut out = Vec::with_capacity(11 + entry.len());
-                    out.push(HAVE);
-                    out.extend_from_slice(&size.to_le_bytes());
-                    out.extend_from_slice(&(entry.len() as u16).to_le_bytes());
-                    out.extend_from_slice(&entry);
-                    s.write_all(&out).await?;
+/// Answers queued ahead of the one being sent: the next pieces are read and encoded while
+/// the current one goes out. Bounds a stream's memory to a few pieces.
+const AHEAD: usize = 2;
+
+/// An answer on its way: ready bytes, or a piece being read and encoded.
+enum Answer {
+    Ready(Vec<u8>),
+    Piece(
+        ContentId,
+        tokio::task::JoinHandle<Result<Vec<u8>, warren_content::StoreError>>,
+    ),
+}
+
+async fn serve_blob(content: Arc<Content>, _peer: NodeId, s: NetStream) -> std::io::Result<()> {
+    let (mut rx, mut tx) = tokio::io::split(s);
+    let (queue, mut answers) = tokio::sync::mpsc::channel::<Answer>(AHEAD);
+    let read = async {
+        let mut req = [0u8; 41];
+        for _ in 0..MAX_REQUESTS_PER_STREAM {
+            if !read_request(&mut rx, &mut req).await? {
+                break;
+            }
+            let id = ContentId(req[1..33].try_into().expect("32 bytes"));
+            let piece = u64::from_le_bytes(req[33..41].try_into().expect("8 bytes"));
+            let answer = match req[0] {
+                OP_SIZE => Answer::Ready(size_answer(&content, &id)),
+                OP_PIECE => {
+                    let blobs = content.blobs.clone();
+                    Answer::Piece(
+                        id,
+                        tokio::task::spawn_blocking(move || blobs.encode_piece(&id, piece)),
+                    )
                 }
-                None => s.write_all(&[MISSING]).await?,
-            },
-            OP_PIECE => {
-                let blobs = content.blobs.clone();
-                let encoded = tokio::task::spawn_blocking(move || blobs.encode_piece(&id, piece))
-                    .await
-                    .map_err(std::io::Error::other)?;
-                match encoded {
-                    Ok(bytes) => {
-                        let mut head = [0u8; 5];
-                        head[0] = HAVE;
-                        head[1..].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
-                        s.write_all(&head).await?;
-                        s.write_all(&bytes).await?;
+                _ => return Err(std::io::Error::other("unknown blob request")),
+            };
+            if queue.send(answer).await.is_err() {
+                break;
+            }
+        }
+        drop(queue);
+        Ok::<_, std::io::Error>(())
+    };
+    let write = async {
+        while let Some(answer) = answers.recv().await {
+            match answer {
+                Answer::Ready(bytes) => tx.write_all(&bytes).await?,
+                Answer::Piece(id, encoding) => {
+                    match encoding.await.map_err(std::io::Error::other)? {
+                        Ok(bytes) => {
+                            let mut head = [0u8; 5];
+                            head[0] = HAVE;
+                            head[1..].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+                            tx.write_all(&head).await?;
+                            tx.write_all(&bytes).await?;
+                        }
+                        Err(warren_content::StoreError::Piece(
+                            warren_content::blob::PieceError::Corrupt { .. },
+                        )) => {
+                            // Rotten on disk: forget it (it can be fetched again), say so.
+                            tracing::warn!(%id, "a held blob failed verification; removing it");
+                            let _ = content.blobs.remove(&id);
+                            tx.write_all(&[MISSING]).await?;
+                        }
+                        Err(_) => tx.write_all(&[MISSING]).await?,
                     }
-                    Err(warren_content::StoreError::Piece(
-                        warren_content::blob::PieceError::Corrupt { .. },
-                    )) => {
-                        // Rotten on disk: forget it (it can be fetched again) and say so.
-                        tracing::warn!(%id, "a held blob failed verification; removing it");
-                        let _ = content.blobs.remove(&id);
-                        s.write_all(&[MISSING]).await?;
-                    }
-                    Err(_) => s.write_all(&[MISSING]).await?,
                 }
             }
-            _ => return Err(std::io::Error::other("unknown blob request")),
+            tx.flush().await?;
         }
-        s.flush().await?;
+        tx.shutdown().await
+    };
+    // The reader ends first (the peer closed, or an error); the writer drains what is
+    // queued. An error on either side ends both.
+    let ((), ()) = tokio::try_join!(read, write)?;
+    Ok(())
+}
+
+/// The answer to "do you hold `id` whole?".
+fn size_answer(content: &Content, id: &ContentId) -> Vec<u8> {
+    match content.blobs.size(id) {
+        Some(size) => {
+            let entry = content
+                .signed_entry_for(id)
+                .map(|e| e.to_bytes())
+                .unwrap_or_default();
+            let mut out = Vec::with_capacity(11 + entry.len());
+            out.push(HAVE);
+            out.extend_from_slice(&size.to_le_bytes());
+            out.extend_from_slice(&(entry.len() as u16).to_le_bytes());
+            out.extend_from_slice(&entry);
+            out
+        }
+        None => vec![MISSING],
     }
-    s.shutdown().await
 }
 
 async fn serve_channel(

@@ -1,5 +1,7 @@
 //! Content among in-process nodes: a peer that serves corrupted chunks is dropped and the
-//! download completes, correct, from an honest one; from liars alone nothing is kept.
+//! download completes, correct, from an honest one; from liars alone nothing is kept; a
+//! download resumes; replication keeps the newest within the quota; the gateway serves a
+//! blob while it downloads, the pieces a reader waits for first.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,12 +47,14 @@ async fn node(data: &tempfile::TempDir, bootstrap: Vec<String>) -> NodeHandle {
 }
 
 /// How a hand-made holder of a blob behaves.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Manner {
     /// Flip a bit in every piece sent.
     corrupt: bool,
     /// Answer this many piece requests, then fall silent.
     pieces: usize,
+    /// Send each piece only once a permit is there (the test hands them out).
+    gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// A peer that holds the blob and speaks `/warren/blob/1` in the given manner. Counts the
@@ -74,6 +78,7 @@ async fn holder(
         while let Some((_, mut s)) = incoming.next().await {
             let store = store.clone();
             let count = count.clone();
+            let manner = manner.clone();
             tokio::spawn(async move {
                 let mut req = [0u8; 41];
                 while s.read_exact(&mut req).await.is_ok() {
@@ -92,6 +97,9 @@ async fn holder(
                         if count.load(Ordering::Relaxed) >= manner.pieces {
                             // Silent from now on: the stream stays open, nothing comes.
                             std::future::pending::<()>().await;
+                        }
+                        if let Some(gate) = &manner.gate {
+                            gate.acquire().await.expect("gate open").forget();
                         }
                         let mut enc = store.encode_piece(&id, piece).unwrap();
                         if manner.corrupt {
@@ -163,6 +171,7 @@ async fn a_peer_serving_corrupt_chunks_is_dropped_and_the_download_completes() {
     let manner = Manner {
         corrupt: true,
         pieces: usize::MAX,
+        gate: None,
     };
     let (liar_net, liar_addrs, served) = holder(lies, manner, cancel.clone()).await;
 
@@ -219,6 +228,7 @@ async fn an_interrupted_download_resumes_with_only_the_missing_pieces() {
     let stingy = Manner {
         corrupt: false,
         pieces: 4,
+        gate: None,
     };
     let (first, first_addrs, first_served) = holder(store(0), stingy, cancel.clone()).await;
     let fetcher = node(&dirs[2], first_addrs).await;
@@ -249,6 +259,7 @@ async fn an_interrupted_download_resumes_with_only_the_missing_pieces() {
     let all = Manner {
         corrupt: false,
         pieces: usize::MAX,
+        gate: None,
     };
     let (second, second_addrs, second_served) = holder(store(1), all, cancel.clone()).await;
     let fetcher = node(&dirs[2], second_addrs).await;
@@ -316,4 +327,136 @@ async fn a_follower_replicates_newest_first_within_its_quota() {
     assert!(follower.content_progress(&ids[0]).is_none(), "nor begun");
     follower.shutdown().await;
     publisher.shutdown().await;
+}
+
+/// `GET path` on `addr` (HTTP/1.1, one request); the head and the body.
+async fn http_get(
+    addr: std::net::SocketAddr,
+    path: String,
+    range: Option<&'static str>,
+) -> (String, Vec<u8>) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("API up");
+    let range = range.map(|r| format!("Range: {r}\r\n")).unwrap_or_default();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{range}Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).await.unwrap();
+    let at = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&all[..at]).into_owned();
+    (head, all[at + 4..].to_vec())
+}
+
+/// Waits (bounded) until `served` reaches `n`.
+async fn wait_served(served: &AtomicUsize, n: usize) {
+    let reached = tokio::time::timeout(Duration::from_secs(20), async {
+        while served.load(Ordering::Relaxed) < n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(reached.is_ok(), "the holder did not send {n} pieces");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_serves_a_blob_while_it_downloads_and_what_a_reader_waits_for_first() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let original = bytes(10 * (1 << 20));
+    let store = BlobStore::open(dirs[0].path().join("held")).unwrap();
+    let (id, size) = store.import_bytes(&original).unwrap();
+    let cancel = CancellationToken::new();
+    // A holder that sends a piece per permit: the test decides how far the download gets.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let manner = Manner {
+        corrupt: false,
+        pieces: usize::MAX,
+        gate: Some(gate.clone()),
+    };
+    let (holder_net, addrs, served) = holder(store, manner, cancel.clone()).await;
+    let mut net = memory_net(Identity::generate());
+    net.bootstrap = addrs;
+    let mut config = NodeConfig::new(net);
+    config.data_dir = Some(dirs[1].path().to_path_buf());
+    config.api = Some("127.0.0.1:0".parse().unwrap());
+    let fetcher = NodeHandle::spawn(config).await.expect("node starts");
+    wait_connected(&fetcher, &[holder_net.local_id()]).await;
+    let api = fetcher.api_addr().expect("API listening");
+    let path = format!("/content/{id}");
+
+    // Two pieces in: a range inside the first is answered, the download far from done.
+    gate.add_permits(2);
+    let (head, body) = tokio::time::timeout(
+        Duration::from_secs(20),
+        http_get(api, path.clone(), Some("bytes=1000-200999")),
+    )
+    .await
+    .expect("the first range arrives while downloading");
+    assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("content-range: bytes 1000-200999/{size}")),
+        "{head}"
+    );
+    assert!(
+        body == original[1000..201_000],
+        "the first range's bytes differ"
+    );
+    let (have, _) = fetcher.content_progress(&id).expect("a download under way");
+    assert!(
+        have < size / 2,
+        "only a few pieces were let through, have {have}"
+    );
+
+    // A reader jumps to the end (a seek): that piece moves to the head of the queue. In
+    // order it would come after seven more; it comes after the two already asked for (and
+    // at most one more sent before the seek was seen).
+    wait_served(&served, 2).await;
+    let tail = tokio::spawn(http_get(api, path.clone(), Some("bytes=-1000")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut let_through = 2;
+    while !tail.is_finished() {
+        assert!(
+            let_through < 2 + 4,
+            "the piece a reader waits for was not fetched first"
+        );
+        gate.add_permits(1);
+        let_through += 1;
+        wait_served(&served, let_through).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (head, body) = tail.await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+    assert!(
+        body == original[original.len() - 1000..],
+        "the tail's bytes differ"
+    );
+    let (have, _) = fetcher.content_progress(&id).expect("still downloading");
+    assert!(have < size, "the tail came before the rest");
+
+    // A whole read started now streams what is in and waits for the rest.
+    let whole = tokio::spawn(http_get(api, path.clone(), None));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !whole.is_finished(),
+        "the answer cannot end before the pieces are in"
+    );
+    gate.add_permits(100);
+    let (head, body) = tokio::time::timeout(Duration::from_secs(30), whole)
+        .await
+        .expect("the whole blob arrives")
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        body == original,
+        "the streamed blob differs from the original"
+    );
+    // And the download became a blob of the store, served as before.
+    fetcher.fetch(id).await.expect("the download completes");
+    let (head, body) = http_get(api, path.clone(), Some("bytes=5-9")).await;
+    assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+    assert_eq!(body, original[5..10]);
+    cancel.cancel();
+    fetcher.shutdown().await;
 }

@@ -9,12 +9,15 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use utoipa::ToSchema;
 use warren_content::ContentId;
+use warren_content::blob::PIECE_BYTES;
 use warren_types::NodeId;
 
+use super::fetch::Live;
 use super::{ContentError, Progress, Published};
 use crate::Shared;
 use crate::api::{ApiError, ErrorBody};
@@ -354,19 +357,201 @@ fn parse_range(header: Option<&HeaderValue>, size: u64) -> Result<Option<(u64, u
     Ok(Some((start, end)))
 }
 
-/// How long the gateway waits for a blob it is fetching.
+/// How long the gateway waits for a download to learn the blob's size.
 const GATEWAY_WAIT: Duration = Duration::from_secs(120);
+/// How long a reader of a blob still downloading waits for the next piece.
+const PIECE_WAIT: Duration = Duration::from_secs(60);
+/// Pieces past the one a reader waits for that move up the download's queue with it.
+const READ_AHEAD: u64 = 4;
+/// Bytes read from disk per chunk of an answer.
+const READ_BYTES: u64 = 256 * 1024;
 
-/// `GET /content/{id}`: the blob's bytes, with HTTP Range and its media type; a blob not
-/// held is fetched from peers first. Answers carry `Content-Security-Policy: sandbox`, so
-/// published pages and images cannot run script on the API's origin.
+/// Where the gateway reads a blob from.
+enum Source {
+    /// Held whole.
+    Held(tokio::fs::File, u64),
+    /// Still downloading: verified pieces are served as they come in.
+    Live(Arc<Live>, tokio::sync::watch::Receiver<Progress>),
+}
+
+impl Source {
+    fn size(&self) -> u64 {
+        match self {
+            Source::Held(_, size) => *size,
+            Source::Live(live, _) => live.size(),
+        }
+    }
+}
+
+/// The held blob `id`, or its download once the download knows the size.
+async fn source(content: &Arc<super::Content>, id: ContentId) -> Result<Source, ApiError> {
+    let not_held = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("this node does not hold {id}"),
+        )
+    };
+    let held = || async {
+        let file = tokio::fs::File::open(content.blobs.data_path(&id))
+            .await
+            .map_err(|_| not_held())?;
+        let size = content.blobs.size(&id).ok_or_else(not_held)?;
+        Ok(Source::Held(file, size))
+    };
+    if content.blobs.contains(&id) {
+        return held().await;
+    }
+    let mut progress = content.fetch(id);
+    let waited = tokio::time::timeout(GATEWAY_WAIT, async {
+        loop {
+            // Seen before looking, so a download that goes live after the look still
+            // wakes this wait.
+            let finished = progress.borrow_and_update().finished();
+            if let Some(live) = content.live(&id) {
+                return Some(live);
+            }
+            if finished || progress.changed().await.is_err() {
+                return None;
+            }
+        }
+    })
+    .await;
+    match waited {
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("still looking for a peer that holds {id}; try again"),
+        )),
+        Ok(Some(live)) => Ok(Source::Live(live, progress)),
+        Ok(None) => {
+            let error = progress.borrow().error.clone();
+            match error {
+                Some(e) if !content.blobs.contains(&id) => {
+                    Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", e))
+                }
+                _ => held().await,
+            }
+        }
+    }
+}
+
+/// Waits until piece `piece` of a download is verified and in, asking for it (and the few
+/// after it) first.
+async fn wait_for_piece(
+    live: &Live,
+    progress: &mut tokio::sync::watch::Receiver<Progress>,
+    piece: u64,
+) -> std::io::Result<()> {
+    loop {
+        let (finished, error) = {
+            let p = progress.borrow_and_update();
+            (p.finished(), p.error.clone())
+        };
+        if live.has(piece) {
+            return Ok(());
+        }
+        if finished {
+            return Err(std::io::Error::other(error.unwrap_or_else(|| {
+                format!("the download ended without piece {piece}")
+            })));
+        }
+        live.prioritise(piece..piece + 1 + READ_AHEAD);
+        match tokio::time::timeout(PIECE_WAIT, progress.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                // The download is gone; whatever it finished with is in `live`.
+                if live.has(piece) {
+                    return Ok(());
+                }
+                return Err(std::io::Error::other("the download stopped"));
+            }
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("piece {piece} did not arrive within {PIECE_WAIT:?}"),
+                ));
+            }
+        }
+    }
+}
+
+/// The bytes `start..start + len` of a blob, as a body stream.
+fn body(source: Source, start: u64, len: u64) -> Body {
+    type Chunk = std::io::Result<Bytes>;
+    match source {
+        Source::Held(mut file, _) => {
+            let stream = futures::stream::once(async move {
+                file.seek(std::io::SeekFrom::Start(start)).await?;
+                Ok::<_, std::io::Error>(file.take(len))
+            })
+            .map(|opened| match opened {
+                Ok(f) => futures::stream::unfold(
+                    (f, vec![0u8; READ_BYTES as usize]),
+                    |(mut f, mut buf)| async move {
+                        match f.read(&mut buf).await {
+                            Ok(0) => None,
+                            Ok(n) => {
+                                let chunk = Bytes::copy_from_slice(&buf[..n]);
+                                Some((Ok(chunk), (f, buf)))
+                            }
+                            Err(e) => Some((Err(e), (f, buf))),
+                        }
+                    },
+                )
+                .left_stream(),
+                Err(e) => futures::stream::iter([Err::<Bytes, _>(e)]).right_stream(),
+            })
+            .flatten();
+            Body::from_stream(stream)
+        }
+        Source::Live(live, progress) => {
+            let end = start + len;
+            let stream = futures::stream::unfold(
+                (live, progress, start),
+                move |(live, mut progress, at)| async move {
+                    if at >= end {
+                        return None;
+                    }
+                    let piece = at / PIECE_BYTES;
+                    let step: Chunk = async {
+                        wait_for_piece(&live, &mut progress, piece).await?;
+                        let n = READ_BYTES.min((piece + 1) * PIECE_BYTES - at).min(end - at);
+                        let reader = live.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let mut buf = vec![0u8; n as usize];
+                            reader.read_at(at, &mut buf).map(|()| Bytes::from(buf))
+                        })
+                        .await
+                        .map_err(std::io::Error::other)?
+                    }
+                    .await;
+                    // After an error the stream ends: the client sees a cut answer.
+                    let next = match &step {
+                        Ok(bytes) => at + bytes.len() as u64,
+                        Err(_) => end,
+                    };
+                    Some((step, (live, progress, next)))
+                },
+            );
+            Body::from_stream(stream)
+        }
+    }
+}
+
+/// `GET /content/{id}`: the blob's bytes, with HTTP Range and its media type. A blob not
+/// held is fetched from peers, and served while it downloads: each range as soon as the
+/// pieces under it have verified (a range being waited for is fetched first). Answers carry
+/// `Content-Security-Policy: sandbox`, so published pages and images cannot run script on
+/// the API's origin.
 #[utoipa::path(get, path = "/content/{id}", tag = "content",
     params(("id" = String, Path, description = "content id")),
     responses(
         (status = 200, description = "The whole blob"),
         (status = 206, description = "The requested range"),
         (status = 404, body = ErrorBody, description = "No peer holds it"),
-        (status = 416, description = "The range is outside the blob")))]
+        (status = 416, description = "The range is outside the blob"),
+        (status = 504, body = ErrorBody, description = "No holder found in time")))]
 pub(crate) async fn get_gateway(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
@@ -374,41 +559,8 @@ pub(crate) async fn get_gateway(
 ) -> Result<Response, ApiError> {
     let id = content_id(&id)?;
     let content = &shared.content;
-    if !content.blobs.contains(&id) {
-        let mut progress = content.fetch(id);
-        let waited = tokio::time::timeout(GATEWAY_WAIT, async {
-            while !progress.borrow_and_update().finished() {
-                if progress.changed().await.is_err() {
-                    break;
-                }
-            }
-        })
-        .await;
-        if waited.is_err() {
-            return Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                format!("still fetching {id}; try again"),
-            ));
-        }
-        let last = progress.borrow().clone();
-        if let Some(e) = last.error {
-            return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", e));
-        }
-    }
-    let path = content.blobs.data_path(&id);
-    let mut file = tokio::fs::File::open(&path).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("this node does not hold {id}"),
-        )
-    })?;
-    let size = file
-        .metadata()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "failed", e.to_string()))?
-        .len();
+    let source = source(content, id).await?;
+    let size = source.size();
     let media_type = content
         .entry_for(&id)
         .map(|e| e.media_type)
@@ -427,23 +579,7 @@ pub(crate) async fn get_gateway(
         Some((a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
         None => (StatusCode::OK, 0, size),
     };
-    file.seek(std::io::SeekFrom::Start(start))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "failed", e.to_string()))?;
-    let stream = futures::stream::unfold(
-        (file.take(len), vec![0u8; 64 * 1024]),
-        |(mut f, mut buf)| async move {
-            match f.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    let chunk = Bytes::copy_from_slice(&buf[..n]);
-                    Some((Ok::<_, std::io::Error>(chunk), (f, buf)))
-                }
-                Err(e) => Some((Err(e), (f, buf))),
-            }
-        },
-    );
-    let mut response = Response::new(Body::from_stream(stream));
+    let mut response = Response::new(body(source, start, len));
     *response.status_mut() = status;
     let h = response.headers_mut();
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));

@@ -7,15 +7,22 @@
 //! pieces still in flight elsewhere. A piece that does not verify is thrown away, the peer
 //! is penalised and dropped, and the piece goes back into the queue for the others. The
 //! download lives in the store's `.part`/`.have` files, so it resumes after a restart.
+//!
+//! While it runs, the download is [`Live`]: the gateway reads its verified pieces as they
+//! come in and moves the pieces a reader waits for to the head of the queue, so a video
+//! plays (and seeks) while it downloads.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::fs::File;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
-use warren_content::blob::PieceError;
+use warren_content::blob::{PIECE_BYTES, PieceError, piece_count};
 use warren_content::{ContentId, Partial, StoreError};
 use warren_types::NodeId;
 
@@ -61,6 +68,70 @@ impl Progress {
     }
 }
 
+/// A download under way, as readers see it: its size, which pieces are verified and in,
+/// and the queue of pieces still to ask for.
+pub(crate) struct Live {
+    size: u64,
+    /// A read handle on the `.part` file; it stays valid when the file becomes the blob.
+    file: File,
+    have: Vec<AtomicBool>,
+    queue: Mutex<VecDeque<u64>>,
+}
+
+impl Live {
+    fn new(part: &Partial) -> Result<Live, StoreError> {
+        Ok(Live {
+            size: part.size(),
+            file: part.reader()?,
+            have: (0..piece_count(part.size()))
+                .map(|p| AtomicBool::new(part.has_piece(p)))
+                .collect(),
+            queue: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether piece `piece` is verified and readable.
+    pub(crate) fn has(&self, piece: u64) -> bool {
+        self.have
+            .get(piece as usize)
+            .is_some_and(|h| h.load(Ordering::Acquire))
+    }
+
+    /// Moves the missing pieces among `pieces` to the head of the queue, in order.
+    pub(crate) fn prioritise(&self, pieces: Range<u64>) {
+        let mut queue = lock(&self.queue);
+        for piece in pieces.rev() {
+            if let Some(at) = queue.iter().position(|p| *p == piece) {
+                queue.remove(at);
+                queue.push_front(piece);
+            }
+        }
+    }
+
+    /// Reads verified bytes at `offset` into `buf`, which must lie within pieces held.
+    pub(crate) fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let last = (offset + buf.len() as u64).saturating_sub(1) / PIECE_BYTES;
+        if !(offset / PIECE_BYTES..=last).all(|p| self.has(p)) {
+            return Err(std::io::Error::other("those bytes are not verified yet"));
+        }
+        self.file.read_exact_at(buf, offset)
+    }
+}
+
+/// Takes the download's [`Live`] out of the node's map when the download ends in any way.
+struct Unlive<'a>(&'a Content, ContentId);
+
+impl Drop for Unlive<'_> {
+    fn drop(&mut self) {
+        self.0.set_live(self.1, None);
+    }
+}
+
 pub(super) async fn run(
     content: Arc<Content>,
     id: ContentId,
@@ -99,6 +170,8 @@ async fn fetch(
     }
     let mut bad: BTreeSet<NodeId> = BTreeSet::new();
     let mut partial: Option<Arc<Mutex<Partial>>> = None;
+    let mut live: Option<Arc<Live>> = None;
+    let _unlive = Unlive(content, id);
     for round in 0..ROUNDS {
         if round > 0 {
             tokio::time::sleep(Duration::from_secs(round as u64)).await;
@@ -124,25 +197,32 @@ async fn fetch(
             Some(p) => p.clone(),
             None => {
                 let blobs = content.blobs.clone();
-                let p = blocking(move || blobs.partial(id, size))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
+                let (p, l) = blocking(move || {
+                    let p = blobs.partial(id, size)?;
+                    let l = Live::new(&p)?;
+                    Ok::<_, StoreError>((p, l))
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+                let l = Arc::new(l);
+                content.set_live(id, Some(l.clone()));
+                live = Some(l);
                 let p = Arc::new(Mutex::new(p));
                 partial = Some(p.clone());
                 p
             }
         };
-        let queue: VecDeque<u64> = lock(&part).missing().into();
+        let live = live.clone().expect("set with the download");
+        *lock(&live.queue) = lock(&part).missing().into();
         tx.send_modify(|p| {
             p.size = Some(size);
             p.have = lock(&part).have_bytes();
             p.sources = sources.len();
         });
-        let queue = Arc::new(Mutex::new(queue));
         let workers = sources
             .iter()
-            .map(|peer| worker(content, *peer, id, queue.clone(), part.clone(), tx));
+            .map(|peer| worker(content, *peer, id, live.clone(), part.clone(), tx));
         // Once every piece is in, a source still waiting on a slow answer is not waited
         // for: its request is simply dropped.
         let mut done = tx.subscribe();
@@ -172,11 +252,23 @@ async fn fetch(
         }
         if lock(&part).is_complete() {
             drop(part);
-            let part = partial.take().expect("set above");
-            let part = Arc::try_unwrap(part)
-                .map_err(|_| "a worker still holds the download".to_string())?
-                .into_inner()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut part = partial.take().expect("set above");
+            // A piece fetched twice in the end game may still be being written (the same
+            // verified bytes): wait for that before the download becomes a blob.
+            let mut waited = 0;
+            let part = loop {
+                match Arc::try_unwrap(part) {
+                    Ok(p) => break p.into_inner().unwrap_or_else(|p| p.into_inner()),
+                    Err(_) if waited >= 500 => {
+                        return Err("a piece write did not end within 5 s".to_string());
+                    }
+                    Err(p) => {
+                        part = p;
+                        waited += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            };
             let size = blocking(move || part.finish())
                 .await
                 .map_err(|e| e.to_string())?
@@ -316,14 +408,14 @@ async fn worker(
     content: &Arc<Content>,
     peer: NodeId,
     id: ContentId,
-    queue: Arc<Mutex<VecDeque<u64>>>,
+    live: Arc<Live>,
     part: Arc<Mutex<Partial>>,
     tx: &watch::Sender<Progress>,
 ) -> Result<(), WorkerError> {
     let mut inflight: VecDeque<u64> = VecDeque::new();
-    let result = pull(content, peer, id, &queue, &part, tx, &mut inflight).await;
+    let result = pull(content, peer, id, &live, &part, tx, &mut inflight).await;
     if !inflight.is_empty() {
-        let mut q = lock(&queue);
+        let mut q = lock(&live.queue);
         for p in inflight {
             q.push_front(p);
         }
@@ -335,7 +427,7 @@ async fn pull(
     content: &Arc<Content>,
     peer: NodeId,
     id: ContentId,
-    queue: &Mutex<VecDeque<u64>>,
+    live: &Arc<Live>,
     part: &Arc<Mutex<Partial>>,
     tx: &watch::Sender<Progress>,
     inflight: &mut VecDeque<u64>,
@@ -354,7 +446,7 @@ async fn pull(
         while inflight.len() < PIPELINE {
             // The end game: with the queue empty, ask for a piece another source has had
             // in flight, so one slow or silent peer cannot hold the last pieces back.
-            let next = lock(queue).pop_front().or_else(|| {
+            let next = lock(&live.queue).pop_front().or_else(|| {
                 lock(part)
                     .missing()
                     .into_iter()
@@ -389,10 +481,16 @@ async fn pull(
         let encoded = std::mem::take(&mut buf);
         let w = writer.clone();
         let p = part.clone();
+        let l = live.clone();
         let (added, encoded) = blocking(move || {
             let r = lock(&w)
                 .write_piece(piece, &encoded)
                 .and_then(|()| lock(&p).mark(piece));
+            if r.is_ok()
+                && let Some(h) = l.have.get(piece as usize)
+            {
+                h.store(true, Ordering::Release);
+            }
             (r, encoded)
         })
         .await

@@ -162,6 +162,8 @@ pub(crate) struct Content {
     /// Wakes replication (a follow, news by gossip).
     wake: Notify,
     fetches: Mutex<HashMap<ContentId, watch::Receiver<Progress>>>,
+    /// Downloads under way whose pieces can be read as they come in.
+    live: Mutex<HashMap<ContentId, Arc<fetch::Live>>>,
     /// Keeps a node without a data dir's content in a temporary dir, removed with it.
     _temp: Option<tempfile::TempDir>,
 }
@@ -219,6 +221,7 @@ impl Content {
             cancel: OnceLock::new(),
             wake: Notify::new(),
             fetches: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
             _temp: temp,
         }))
     }
@@ -526,6 +529,20 @@ impl Content {
             return Some((p.have, size));
         }
         self.blobs.progress(id)
+    }
+
+    /// The download of `id` under way, once its size is known.
+    pub(crate) fn live(&self, id: &ContentId) -> Option<Arc<fetch::Live>> {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.get(id).cloned()
+    }
+
+    pub(crate) fn set_live(&self, id: ContentId, download: Option<Arc<fetch::Live>>) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        match download {
+            Some(d) => live.insert(id, d),
+            None => live.remove(&id),
+        };
     }
 
     /// The progress of the download of `id`, if one was started since the node began.

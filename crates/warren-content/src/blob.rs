@@ -10,7 +10,7 @@ use std::io;
 use std::ops::Range;
 
 use bao_tree::io::outboard::{EmptyOutboard, PostOrderOutboard};
-use bao_tree::io::sync::{Outboard, OutboardMut, ReadAt, WriteAt};
+use bao_tree::io::sync::{Outboard, OutboardMut, ReadAt, Size, WriteAt};
 use bao_tree::io::{DecodeError, EncodeError};
 use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
 
@@ -80,9 +80,12 @@ fn check_piece(size: u64, piece: u64) -> Result<(), PieceError> {
     Ok(())
 }
 
-/// Encodes piece `piece` of a blob from its data and post-order outboard, checking each
-/// chunk group on the way (so a blob rotten on disk is never served as good).
-pub fn encode_piece<D: ReadAt, O: ReadAt>(
+/// Encodes piece `piece` of a blob from its data and post-order outboard, as they are: the
+/// holder trusts what it verified when it took the blob in (hashed whole on import, piece
+/// by piece on download), and the receiver checks every chunk group anyway. Rot on the
+/// holder's disk is found by the receiver (which refuses the piece) and by the holder's
+/// scrub ([`crate::BlobStore::verify`]).
+pub fn encode_piece<D: ReadAt + Size, O: ReadAt>(
     id: ContentId,
     size: u64,
     data: D,
@@ -97,7 +100,7 @@ pub fn encode_piece<D: ReadAt, O: ReadAt>(
         data: outboard,
     };
     let ranges = piece_chunks(size, piece);
-    bao_tree::io::sync::encode_ranges_validated(data, outboard, &ranges, out).map_err(|e| match e {
+    bao_tree::io::sync::encode_ranges(data, outboard, &ranges, out).map_err(|e| match e {
         EncodeError::Io(e) => PieceError::Io(e),
         other => PieceError::Corrupt {
             piece,

@@ -236,7 +236,8 @@ impl BlobStore {
         Ok(())
     }
 
-    /// Encodes piece `piece` of a complete blob for a peer, verifying it as it is read.
+    /// Encodes piece `piece` of a complete blob for a peer, as held (see
+    /// [`blob::encode_piece`]; [`BlobStore::verify`] finds rot).
     pub fn encode_piece(&self, id: &ContentId, piece: u64) -> Result<Vec<u8>, StoreError> {
         let size = self.size(id).ok_or(StoreError::NotFound(*id))?;
         let data = File::open(self.data_path(id)).map_err(|_| StoreError::NotFound(*id))?;

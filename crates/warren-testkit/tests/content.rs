@@ -460,3 +460,38 @@ async fn the_gateway_serves_a_blob_while_it_downloads_and_what_a_reader_waits_fo
     cancel.cancel();
     fetcher.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scrub_removes_a_blob_rotten_on_disk_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = NodeConfig::new(memory_net(Identity::generate()));
+    config.data_dir = Some(dir.path().join("node"));
+    config.content.scrub_every = Duration::from_millis(200);
+    let node = NodeHandle::spawn(config).await.expect("node starts");
+    let mut ids = Vec::new();
+    for (i, len) in [3 << 20, 1 << 20].into_iter().enumerate() {
+        let file = dir.path().join(format!("clip{i}.mp4"));
+        std::fs::write(&file, bytes(len + i)).unwrap();
+        let id = node.publish(file, "main", None).await.unwrap().id;
+        ids.push(id.parse::<ContentId>().unwrap());
+    }
+    let (rotten, sound) = (ids[0], ids[1]);
+    // A bit flips on disk under the first blob (same length, same name).
+    let path = node
+        .content_path(&rotten)
+        .expect("published blobs are held");
+    let mut held = std::fs::read(&path).unwrap();
+    held[(2 << 20) + 7] ^= 0x04;
+    std::fs::write(&path, &held).unwrap();
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        while node.content_path(&rotten).is_some() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "the scrub did not find the rotten blob");
+    assert!(!path.exists(), "the rotten bytes are gone");
+    let kept = node.content_path(&sound).expect("the sound blob is kept");
+    assert_eq!(std::fs::read(kept).unwrap(), bytes((1 << 20) + 1));
+    node.shutdown().await;
+}

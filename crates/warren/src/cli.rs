@@ -303,6 +303,10 @@ pub struct NodeArgs {
     /// Seconds between syncs of followed channels with peers (news also comes by gossip).
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub content_sync: u64,
+    /// Hours between scrubs, which hash every held blob whole again to find rot on disk
+    /// (at most a quarter of one core while it runs).
+    #[arg(long, value_name = "HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=8760))]
+    pub content_scrub: u64,
 }
 
 /// A size such as 10GiB, 500MiB, 2GB or 1048576 (bytes).

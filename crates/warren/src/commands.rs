@@ -234,6 +234,7 @@ async fn node(cli: &Cli, args: &NodeArgs) -> Result<()> {
     config.accept_hubs = args.accept_hub.clone();
     config.content.quota = args.content_quota;
     config.content.sync_every = Duration::from_secs(args.content_sync);
+    config.content.scrub_every = Duration::from_secs(args.content_scrub * 3600);
     if args.hub {
         config.hub = Some(HubConfig {
             faucet: args.faucet,

@@ -89,15 +89,22 @@ fn a_piece_for_another_blob_or_size_or_position_is_refused() {
 }
 
 #[test]
-fn a_rotten_blob_is_not_served() {
+fn a_rotten_blob_is_served_as_held_and_refused_by_the_receiver() {
     let mut bytes = data(PIECE_BYTES as usize + 100, 3);
     let (id, ob) = outboard_of(&bytes);
     bytes[PIECE_BYTES as usize + 50] ^= 1;
+    let size = bytes.len() as u64;
     let mut out = Vec::new();
+    encode_piece(id, size, &bytes[..], &ob[..], 1, &mut out).unwrap();
+    let mut target = vec![0u8; bytes.len()];
     assert!(matches!(
-        encode_piece(id, bytes.len() as u64, &bytes[..], &ob[..], 1, &mut out),
+        decode_piece(id, size, 1, &out, &mut target[..]),
         Err(PieceError::Corrupt { piece: 1, .. })
     ));
+    // The good piece beside it still passes.
+    out.clear();
+    encode_piece(id, size, &bytes[..], &ob[..], 0, &mut out).unwrap();
+    decode_piece(id, size, 0, &out, &mut target[..]).unwrap();
 }
 
 proptest! {

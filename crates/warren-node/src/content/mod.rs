@@ -10,6 +10,7 @@ pub mod api;
 mod fetch;
 mod proto;
 mod replicate;
+mod scrub;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -36,6 +37,9 @@ pub struct ContentConfig {
     /// How often followed channels are synchronised with peers (news also arrives by
     /// gossip at once).
     pub sync_every: Duration,
+    /// How often every held blob is hashed whole again, to find rot on disk before peers
+    /// do (the first pass comes one period after the start).
+    pub scrub_every: Duration,
 }
 
 impl Default for ContentConfig {
@@ -43,6 +47,7 @@ impl Default for ContentConfig {
         Self {
             quota: 10 << 30,
             sync_every: Duration::from_secs(30),
+            scrub_every: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -262,7 +267,8 @@ impl Content {
         let _ = self.net.set(net);
         let _ = self.cancel.set(cancel.clone());
         let mut tasks = proto::serve(self.clone(), cancel.clone())?;
-        tasks.push(tokio::spawn(replicate::run(self.clone(), cancel)));
+        tasks.push(tokio::spawn(replicate::run(self.clone(), cancel.clone())));
+        tasks.push(tokio::spawn(scrub::run(self.clone(), cancel)));
         Ok(tasks)
     }
 

@@ -173,8 +173,9 @@ async fn serve_blob(content: Arc<Content>, _peer: NodeId, s: NetStream) -> std::
                         Err(warren_content::StoreError::Piece(
                             warren_content::blob::PieceError::Corrupt { .. },
                         )) => {
-                            // Rotten on disk: forget it (it can be fetched again), say so.
-                            tracing::warn!(%id, "a held blob failed verification; removing it");
+                            // Its outboard is damaged on disk: forget the blob (it can
+                            // be fetched again) and say so.
+                            tracing::warn!(%id, "a held blob's outboard is damaged; removing it");
                             let _ = content.blobs.remove(&id);
                             tx.write_all(&[MISSING]).await?;
                         }

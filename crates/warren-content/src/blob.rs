@@ -182,6 +182,73 @@ fn decode_into<W: WriteAt, O: OutboardMut + Outboard>(
     Ok(())
 }
 
+/// Positioned writes held in memory and merged into runs, so a verified piece reaches the
+/// disk in a few large writes instead of one per chunk group and one per hash pair.
+#[derive(Debug, Default)]
+pub struct Staging {
+    runs: Vec<(u64, Vec<u8>)>,
+    /// Buffers of earlier runs, kept for the next piece.
+    spare: Vec<Vec<u8>>,
+}
+
+impl Staging {
+    /// Forgets what was staged, keeping the buffers.
+    pub fn clear(&mut self) {
+        for (_, mut run) in self.runs.drain(..) {
+            run.clear();
+            self.spare.push(run);
+        }
+        self.spare.truncate(256);
+    }
+
+    /// What was staged, in order of position, adjacent writes merged.
+    pub fn runs(&mut self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.runs.sort_by_key(|(at, _)| *at);
+        let mut merged: Vec<(u64, Vec<u8>)> = Vec::with_capacity(self.runs.len());
+        for (at, run) in self.runs.drain(..) {
+            match merged.last_mut() {
+                Some((start, prev)) if *start + prev.len() as u64 == at => {
+                    prev.extend_from_slice(&run);
+                    let mut run = run;
+                    run.clear();
+                    self.spare.push(run);
+                }
+                _ => merged.push((at, run)),
+            }
+        }
+        self.runs = merged;
+        self.runs.iter().map(|(at, run)| (*at, run.as_slice()))
+    }
+}
+
+impl WriteAt for Staging {
+    fn write_at(&mut self, pos: u64, buf: &[u8]) -> io::Result<usize> {
+        match self.runs.last_mut() {
+            Some((start, run)) if *start + run.len() as u64 == pos => run.extend_from_slice(buf),
+            _ => {
+                let mut run = self.spare.pop().unwrap_or_default();
+                run.extend_from_slice(buf);
+                self.runs.push((pos, run));
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Staged hashes are written, never read back while a piece decodes.
+impl ReadAt for Staging {
+    fn read_at(&self, _pos: u64, _buf: &mut [u8]) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "staged writes are not read back",
+        ))
+    }
+}
+
 /// The length of a post-order outboard of a blob of `size` bytes.
 pub fn outboard_len(size: u64) -> u64 {
     tree(size).outboard_size()

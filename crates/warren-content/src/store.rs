@@ -19,7 +19,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use bao_tree::io::sync::WriteAt;
 use serde::{Deserialize, Serialize};
 
 use crate::ContentId;
@@ -363,31 +362,20 @@ pub struct PieceWriter {
     size: u64,
     file: File,
     outboard: File,
-    data_staged: blob::Staging,
-    hashes_staged: blob::Staging,
 }
 
 impl PieceWriter {
-    /// Checks an encoded piece against the content id, then writes its bytes and hashes in
-    /// place. On error nothing of it was written; the piece is not yet counted either way.
+    /// Checks an encoded piece against the content id and writes its bytes in place. On
+    /// error nothing unverified was written; the piece is not yet counted either way.
     pub fn write_piece(&mut self, piece: u64, encoded: &[u8]) -> Result<(), StoreError> {
-        self.data_staged.clear();
-        self.hashes_staged.clear();
         blob::decode_piece_with_outboard(
             self.id,
             self.size,
             piece,
             encoded,
-            &mut self.data_staged,
-            &mut self.hashes_staged,
+            &mut self.file,
+            &mut self.outboard,
         )?;
-        // Verified whole: now to disk, in a few writes.
-        for (at, bytes) in self.data_staged.runs() {
-            WriteAt::write_all_at(&mut self.file, at, bytes)?;
-        }
-        for (at, bytes) in self.hashes_staged.runs() {
-            WriteAt::write_all_at(&mut self.outboard, at, bytes)?;
-        }
         Ok(())
     }
 }
@@ -453,8 +441,6 @@ impl Partial {
             size: self.size,
             file: self.file.try_clone().map_err(at(&part))?,
             outboard: self.outboard.try_clone().map_err(at(&part))?,
-            data_staged: blob::Staging::default(),
-            hashes_staged: blob::Staging::default(),
         })
     }
 

@@ -127,29 +127,3 @@ proptest! {
         }
     }
 }
-
-#[test]
-fn staged_writes_come_out_merged_in_order() {
-    let mut s = Staging::default();
-    s.write_all_at(128, b"cc").unwrap();
-    s.write_all_at(0, b"aa").unwrap();
-    s.write_all_at(2, b"bb").unwrap();
-    s.write_all_at(130, b"dd").unwrap();
-    s.write_all_at(64, b"x").unwrap();
-    let runs: Vec<(u64, Vec<u8>)> = s.runs().map(|(at, b)| (at, b.to_vec())).collect();
-    assert_eq!(
-        runs,
-        vec![
-            (0, b"aabb".to_vec()),
-            (64, b"x".to_vec()),
-            (128, b"ccdd".to_vec())
-        ]
-    );
-    s.clear();
-    assert_eq!(s.runs().count(), 0);
-    s.write_all_at(5, b"e").unwrap();
-    assert_eq!(
-        s.runs().map(|(at, b)| (at, b.to_vec())).collect::<Vec<_>>(),
-        vec![(5, b"e".to_vec())]
-    );
-}

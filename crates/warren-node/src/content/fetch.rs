@@ -2,9 +2,10 @@
 //!
 //! Sources are the peers the DHT names as holders and the peers this node is connected to
 //! (followers of a channel, mDNS neighbours), each asked whether it holds the blob whole.
-//! One worker per source takes the next missing piece from a shared queue, keeping two
-//! requests in flight on its stream; at the end, a source with nothing left to take asks for
-//! pieces still in flight elsewhere. A piece that does not verify is thrown away, the peer
+//! One worker per source takes the next missing piece from a shared queue, keeping four
+//! pieces under way (asked for on its stream, or being verified and written, two at once
+//! while it reads the next); at the end, a source with nothing left to take asks for pieces
+//! still in flight elsewhere. A piece that does not verify is thrown away, the peer
 //! is penalised and dropped, and the piece goes back into the queue for the others. The
 //! download lives in the store's `.part`/`.have` files, so it resumes after a restart.
 //!
@@ -23,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use warren_content::blob::{PIECE_BYTES, PieceError, piece_count};
-use warren_content::{ContentId, Partial, StoreError};
+use warren_content::{ContentId, Partial, PieceWriter, StoreError};
 use warren_types::NodeId;
 
 use super::proto::{BlobClient, PeerError};
@@ -33,8 +34,11 @@ use super::{Content, blob_key, blocking};
 const MAX_SOURCES: usize = 6;
 /// Most peers asked whether they hold a blob.
 const MAX_PROBES: usize = 32;
-/// Requests kept in flight on each source's stream.
-const PIPELINE: usize = 2;
+/// Pieces each source has under way: asked for on its stream, or being verified and
+/// written.
+const PIPELINE: usize = 4;
+/// Pieces each source verifies and writes at once while it reads the next.
+const WRITES: usize = 2;
 /// Rounds of looking for sources before a download gives up.
 const ROUNDS: usize = 6;
 
@@ -138,6 +142,8 @@ pub(super) async fn run(
     size_hint: Option<u64>,
     tx: watch::Sender<Progress>,
 ) {
+    // Shared with the storage tasks, which count each piece in as it is written.
+    let tx = Arc::new(tx);
     match fetch(&content, id, size_hint, &tx).await {
         Ok(size) => {
             tx.send_modify(|p| {
@@ -163,7 +169,7 @@ async fn fetch(
     content: &Arc<Content>,
     id: ContentId,
     size_hint: Option<u64>,
-    tx: &watch::Sender<Progress>,
+    tx: &Arc<watch::Sender<Progress>>,
 ) -> Result<u64, String> {
     if let Some(size) = content.blobs.size(&id) {
         return Ok(size);
@@ -410,7 +416,7 @@ async fn worker(
     id: ContentId,
     live: Arc<Live>,
     part: Arc<Mutex<Partial>>,
-    tx: &watch::Sender<Progress>,
+    tx: &Arc<watch::Sender<Progress>>,
 ) -> Result<(), WorkerError> {
     let mut inflight: VecDeque<u64> = VecDeque::new();
     let result = pull(content, peer, id, &live, &part, tx, &mut inflight).await;
@@ -423,30 +429,46 @@ async fn worker(
     result
 }
 
+/// What a piece's verify-and-write task gives back: the piece, how it went, and the writer
+/// and buffer for the next one.
+type Written = (u64, Result<(), StoreError>, PieceWriter, Vec<u8>);
+
 async fn pull(
     content: &Arc<Content>,
     peer: NodeId,
     id: ContentId,
     live: &Arc<Live>,
     part: &Arc<Mutex<Partial>>,
-    tx: &watch::Sender<Progress>,
+    tx: &Arc<watch::Sender<Progress>>,
     inflight: &mut VecDeque<u64>,
 ) -> Result<(), WorkerError> {
     let mut client = BlobClient::open(content, peer)
         .await
         .map_err(WorkerError::Peer)?;
-    // Each source verifies and writes on its own handle; the download is locked only to
-    // count a piece in.
-    let writer = lock(part)
-        .writer()
+    // Each source verifies and writes on handles of its own, up to WRITES pieces at once
+    // while it reads the next from the stream; the download is locked only to count a
+    // piece in.
+    let mut writers: Vec<PieceWriter> = (0..WRITES)
+        .map(|_| lock(part).writer())
+        .collect::<Result<_, _>>()
         .map_err(|e| WorkerError::Local(e.to_string()))?;
-    let writer = Arc::new(Mutex::new(writer));
-    let mut buf = Vec::new();
+    let mut buffers: Vec<Vec<u8>> = Vec::new();
+    let mut writing: VecDeque<tokio::task::JoinHandle<Written>> = VecDeque::new();
+    // Pieces asked for and not yet read, in order (`inflight` also holds those being
+    // written).
+    let mut unread: VecDeque<u64> = VecDeque::new();
     loop {
         while inflight.len() < PIPELINE {
+            // Skipping what this source already has under way, or what is in already (a
+            // failed source puts back every piece it had, some also taken by others).
+            let queued = {
+                let mut queue = lock(&live.queue);
+                std::iter::from_fn(|| queue.pop_front())
+                    .find(|p| !inflight.contains(p) && !live.has(*p))
+            };
             // The end game: with the queue empty, ask for a piece another source has had
             // in flight, so one slow or silent peer cannot hold the last pieces back.
-            let next = lock(&live.queue).pop_front().or_else(|| {
+            let next = queued.or_else(|| {
                 lock(part)
                     .missing()
                     .into_iter()
@@ -460,11 +482,34 @@ async fn pull(
                 .await
                 .map_err(WorkerError::Peer)?;
             inflight.push_back(piece);
+            unread.push_back(piece);
         }
-        let Some(&piece) = inflight.front() else {
-            return Ok(());
-        };
+        if unread.is_empty() || writers.is_empty() {
+            // Nothing to read, or every writer busy: wait for the oldest write.
+            let Some(task) = writing.pop_front() else {
+                return Ok(());
+            };
+            let (piece, result, writer, buf) = task
+                .await
+                .map_err(|e| WorkerError::Local(format!("a storage task failed: {e}")))?;
+            writers.push(writer);
+            buffers.push(buf);
+            match result {
+                Ok(()) => {
+                    if let Some(at) = inflight.iter().position(|p| *p == piece) {
+                        inflight.remove(at);
+                    }
+                }
+                Err(StoreError::Piece(
+                    e @ (PieceError::Corrupt { .. } | PieceError::TooLong { .. }),
+                )) => return Err(WorkerError::Corrupt(e.to_string())),
+                Err(e) => return Err(WorkerError::Local(e.to_string())),
+            }
+            continue;
+        }
+        let piece = *unread.front().expect("checked above");
         client.flush().await.map_err(WorkerError::Peer)?;
+        let mut buf = buffers.pop().unwrap_or_default();
         let read = tokio::time::timeout(Duration::from_secs(30), client.read_piece(&mut buf))
             .await
             .map_err(|_| WorkerError::Peer(PeerError::Timeout))?;
@@ -478,36 +523,25 @@ async fn pull(
             Err(PeerError::Protocol(e)) => return Err(WorkerError::Corrupt(e)),
             Err(e) => return Err(WorkerError::Peer(e)),
         }
-        let encoded = std::mem::take(&mut buf);
-        let w = writer.clone();
+        unread.pop_front();
+        let mut writer = writers.pop().expect("checked above");
         let p = part.clone();
         let l = live.clone();
-        let (added, encoded) = blocking(move || {
-            let r = lock(&w)
-                .write_piece(piece, &encoded)
-                .and_then(|()| lock(&p).mark(piece));
-            if r.is_ok()
-                && let Some(h) = l.have.get(piece as usize)
-            {
-                h.store(true, Ordering::Release);
-            }
-            (r, encoded)
-        })
-        .await
-        .map_err(|e| WorkerError::Local(e.to_string()))?;
-        buf = encoded;
-        match added {
-            Ok(()) => {
-                inflight.pop_front();
-                let have = lock(part).have_bytes();
-                tx.send_modify(|p| p.have = have);
-            }
-            Err(StoreError::Piece(
-                e @ (PieceError::Corrupt { .. } | PieceError::TooLong { .. }),
-            )) => {
-                return Err(WorkerError::Corrupt(e.to_string()));
-            }
-            Err(e) => return Err(WorkerError::Local(e.to_string())),
-        }
+        let t = tx.clone();
+        writing.push_back(tokio::task::spawn_blocking(move || {
+            let r = writer.write_piece(piece, &buf).and_then(|()| {
+                let mut part = lock(&p);
+                part.mark(piece)?;
+                Ok(part.have_bytes())
+            });
+            let r = r.map(|have| {
+                if let Some(h) = l.have.get(piece as usize) {
+                    h.store(true, Ordering::Release);
+                }
+                // Readers waiting on the piece (the gateway) wake on this.
+                t.send_modify(|p| p.have = have);
+            });
+            (piece, r, writer, buf)
+        }));
     }
 }

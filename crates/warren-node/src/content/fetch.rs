@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use warren_content::blob::{PIECE_BYTES, PieceError, piece_count};
 use warren_content::{ContentId, Partial, PieceWriter, StoreError};
@@ -178,6 +179,8 @@ async fn fetch(
     let mut partial: Option<Arc<Mutex<Partial>>> = None;
     let mut live: Option<Arc<Live>> = None;
     let _unlive = Unlive(content, id);
+    // Every piece write of this download, so the last can be waited for before it ends.
+    let writes = TaskTracker::new();
     for round in 0..ROUNDS {
         if round > 0 {
             tokio::time::sleep(Duration::from_secs(round as u64)).await;
@@ -226,9 +229,14 @@ async fn fetch(
             p.have = lock(&part).have_bytes();
             p.sources = sources.len();
         });
-        let workers = sources
-            .iter()
-            .map(|peer| worker(content, *peer, id, live.clone(), part.clone(), tx));
+        let download = Download {
+            id,
+            live: live.clone(),
+            part: part.clone(),
+            tx: tx.clone(),
+            writes: writes.clone(),
+        };
+        let workers = sources.iter().map(|peer| worker(content, *peer, &download));
         // Once every piece is in, a source still waiting on a slow answer is not waited
         // for: its request is simply dropped.
         let mut done = tx.subscribe();
@@ -256,25 +264,18 @@ async fn fetch(
                 Err(WorkerError::Local(e)) => return Err(e),
             }
         }
+        drop(download);
         if lock(&part).is_complete() {
             drop(part);
-            let mut part = partial.take().expect("set above");
             // A piece fetched twice in the end game may still be being written (the same
             // verified bytes): wait for that before the download becomes a blob.
-            let mut waited = 0;
-            let part = loop {
-                match Arc::try_unwrap(part) {
-                    Ok(p) => break p.into_inner().unwrap_or_else(|p| p.into_inner()),
-                    Err(_) if waited >= 500 => {
-                        return Err("a piece write did not end within 5 s".to_string());
-                    }
-                    Err(p) => {
-                        part = p;
-                        waited += 1;
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-            };
+            writes.close();
+            writes.wait().await;
+            let part = partial.take().expect("set above");
+            let part = Arc::try_unwrap(part)
+                .map_err(|_| "a worker still holds the download".to_string())?
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner());
             let size = blocking(move || part.finish())
                 .await
                 .map_err(|e| e.to_string())?
@@ -410,18 +411,21 @@ enum WorkerError {
     Local(String),
 }
 
-async fn worker(
-    content: &Arc<Content>,
-    peer: NodeId,
+/// What every source of one download shares.
+struct Download {
     id: ContentId,
     live: Arc<Live>,
     part: Arc<Mutex<Partial>>,
-    tx: &Arc<watch::Sender<Progress>>,
-) -> Result<(), WorkerError> {
+    tx: Arc<watch::Sender<Progress>>,
+    /// Every piece write, so the last can be waited for before the download ends.
+    writes: TaskTracker,
+}
+
+async fn worker(content: &Arc<Content>, peer: NodeId, d: &Download) -> Result<(), WorkerError> {
     let mut inflight: VecDeque<u64> = VecDeque::new();
-    let result = pull(content, peer, id, &live, &part, tx, &mut inflight).await;
+    let result = pull(content, peer, d, &mut inflight).await;
     if !inflight.is_empty() {
-        let mut q = lock(&live.queue);
+        let mut q = lock(&d.live.queue);
         for p in inflight {
             q.push_front(p);
         }
@@ -436,12 +440,17 @@ type Written = (u64, Result<(), StoreError>, PieceWriter, Vec<u8>);
 async fn pull(
     content: &Arc<Content>,
     peer: NodeId,
-    id: ContentId,
-    live: &Arc<Live>,
-    part: &Arc<Mutex<Partial>>,
-    tx: &Arc<watch::Sender<Progress>>,
+    d: &Download,
     inflight: &mut VecDeque<u64>,
 ) -> Result<(), WorkerError> {
+    let Download {
+        id,
+        live,
+        part,
+        tx,
+        writes,
+    } = d;
+    let id = *id;
     let mut client = BlobClient::open(content, peer)
         .await
         .map_err(WorkerError::Peer)?;
@@ -528,7 +537,7 @@ async fn pull(
         let p = part.clone();
         let l = live.clone();
         let t = tx.clone();
-        writing.push_back(tokio::task::spawn_blocking(move || {
+        writing.push_back(writes.spawn_blocking(move || {
             let r = writer.write_piece(piece, &buf).and_then(|()| {
                 let mut part = lock(&p);
                 part.mark(piece)?;

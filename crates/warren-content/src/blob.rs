@@ -123,7 +123,7 @@ pub fn decode_piece<W: WriteAt>(
         tree: tree(size),
         root: blake3::Hash::from_bytes(id.0),
     };
-    decode_into(id, size, piece, encoded, target, outboard)
+    decode_into(size, piece, encoded, target, outboard)
 }
 
 /// [`decode_piece`], also writing the verified hashes it meets into `outboard` (a post-order
@@ -142,11 +142,11 @@ pub fn decode_piece_with_outboard<W: WriteAt, O: ReadAt + WriteAt>(
         tree: tree(size),
         data: outboard,
     };
-    decode_into(id, size, piece, encoded, target, outboard)
+    decode_into(size, piece, encoded, target, outboard)
 }
 
+/// Decodes against the outboard's root (the content id).
 fn decode_into<W: WriteAt, O: OutboardMut + Outboard>(
-    id: ContentId,
     size: u64,
     piece: u64,
     encoded: &[u8],
@@ -160,7 +160,6 @@ fn decode_into<W: WriteAt, O: OutboardMut + Outboard>(
             len: encoded.len(),
         });
     }
-    debug_assert_eq!(outboard.root(), blake3::Hash::from_bytes(id.0));
     let ranges = piece_chunks(size, piece);
     let mut reader = encoded;
     bao_tree::io::sync::decode_ranges(&mut reader, &ranges, target, outboard).map_err(|e| {

@@ -413,10 +413,10 @@ async fn the_gateway_serves_a_blob_while_it_downloads_and_what_a_reader_waits_fo
     // order it would come after seven more; it comes after the two already asked for (and
     // at most one more sent before the seek was seen).
     wait_served(&served, 2).await;
-    let tail = tokio::spawn(http_get(api, path.clone(), Some("bytes=-1000")));
+    let mut tail = tokio::spawn(http_get(api, path.clone(), Some("bytes=-1000")));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut let_through = 2;
-    while !tail.is_finished() {
+    let answer = loop {
         assert!(
             let_through < 2 + 4,
             "the piece a reader waits for was not fetched first"
@@ -424,9 +424,11 @@ async fn the_gateway_serves_a_blob_while_it_downloads_and_what_a_reader_waits_fo
         gate.add_permits(1);
         let_through += 1;
         wait_served(&served, let_through).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let (head, body) = tail.await.unwrap();
+        if let Ok(answer) = tokio::time::timeout(Duration::from_millis(500), &mut tail).await {
+            break answer;
+        }
+    };
+    let (head, body) = answer.unwrap();
     assert!(head.starts_with("HTTP/1.1 206"), "{head}");
     assert!(
         body == original[original.len() - 1000..],

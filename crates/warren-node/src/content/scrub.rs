@@ -37,7 +37,7 @@ pub(super) async fn run(content: Arc<Content>, cancel: CancellationToken) {
 }
 
 /// Hashes every held blob once; returns how many were rotten and removed.
-pub(super) async fn pass(content: &Arc<Content>) -> usize {
+async fn pass(content: &Arc<Content>) -> usize {
     let mut removed = 0;
     for (id, size) in content.blobs.list() {
         let started = Instant::now();

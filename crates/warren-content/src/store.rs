@@ -240,12 +240,30 @@ impl BlobStore {
     /// Encodes piece `piece` of a complete blob for a peer, as held (see
     /// [`blob::encode_piece`]; [`BlobStore::verify`] finds rot).
     pub fn encode_piece(&self, id: &ContentId, piece: u64) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        self.encode_piece_at(id, piece, &mut out, 0)?;
+        Ok(out)
+    }
+
+    /// [`BlobStore::encode_piece`] written over `out` from `start` on, in a buffer reused
+    /// from piece to piece ([`blob::encode_piece_at`]); on error `out` holds no piece.
+    pub fn encode_piece_at(
+        &self,
+        id: &ContentId,
+        piece: u64,
+        out: &mut Vec<u8>,
+        start: usize,
+    ) -> Result<(), StoreError> {
         let size = self.size(id).ok_or(StoreError::NotFound(*id))?;
         let data = File::open(self.data_path(id)).map_err(|_| StoreError::NotFound(*id))?;
         let outboard = File::open(self.outboard_path(id)).map_err(|_| StoreError::NotFound(*id))?;
-        let mut out = Vec::with_capacity(blob::PIECE_BYTES as usize + 4096);
-        blob::encode_piece(*id, size, &data, &outboard, piece, &mut out)?;
-        Ok(out)
+        out.reserve((start + blob::MAX_ENCODED_PIECE as usize).saturating_sub(out.len()));
+        blob::encode_piece_at(*id, size, &data, &outboard, piece, out, start).inspect_err(
+            |_| {
+                out.truncate(start);
+            },
+        )?;
+        Ok(())
     }
 
     /// Opens (or resumes) the download of `id`, `size` bytes long. A download begun before

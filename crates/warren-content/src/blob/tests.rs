@@ -127,3 +127,88 @@ proptest! {
         }
     }
 }
+
+/// The holder's encoder reads chunk groups straight into the answer; what it writes must
+/// be the library's encoding byte for byte, for any size and piece, after whatever the
+/// answer already holds.
+#[test]
+fn encode_piece_writes_the_library_encoding_byte_for_byte() {
+    let sizes = [
+        0,
+        1,
+        1024,
+        16 * 1024,
+        16 * 1024 + 1,
+        PIECE_BYTES - 1,
+        PIECE_BYTES,
+        PIECE_BYTES + 1,
+        3 * PIECE_BYTES + 16 * 1024 + 5,
+        5 * PIECE_BYTES,
+    ];
+    for size in sizes {
+        let bytes = data(size as usize, 3);
+        let (id, ob) = outboard_of(&bytes);
+        let tree = tree(size);
+        for piece in 0..piece_count(size) {
+            let mut want = Vec::new();
+            let outboard = PostOrderOutboard {
+                root: blake3::Hash::from_bytes(id.0),
+                tree,
+                data: &ob[..],
+            };
+            let chunks = piece_chunks(size, piece);
+            bao_tree::io::sync::encode_ranges(&bytes[..], outboard, &chunks, &mut want).unwrap();
+            let mut got = b"head".to_vec();
+            encode_piece(id, size, &bytes[..], &ob[..], piece, &mut got).unwrap();
+            assert_eq!(&got[..4], b"head", "size {size} piece {piece}");
+            assert!(got[4..] == want[..], "size {size} piece {piece}");
+        }
+    }
+}
+
+/// The receiver's decoder reads chunk groups straight from the answer; it must accept what
+/// bao-tree's decoder accepts and write the same bytes and hashes, for any size and piece.
+#[test]
+fn decode_piece_writes_what_the_library_decoder_writes() {
+    for size in [
+        0,
+        1,
+        16 * 1024 + 1,
+        PIECE_BYTES,
+        PIECE_BYTES + 1,
+        3 * PIECE_BYTES + 16 * 1024 + 5,
+    ] {
+        let bytes = data(size as usize, 9);
+        let (id, ob) = outboard_of(&bytes);
+        let tree = tree(size);
+        let (mut want_data, mut got_data) = (vec![0u8; bytes.len()], vec![0u8; bytes.len()]);
+        let (mut want_ob, mut got_ob) = (vec![0u8; ob.len()], vec![0u8; ob.len()]);
+        // A reused, dirty answer buffer encodes the same.
+        let mut enc = vec![0xAA; 3 * PIECE_BYTES as usize];
+        for piece in 0..piece_count(size) {
+            encode_piece_at(id, size, &bytes[..], &ob[..], piece, &mut enc, 2).unwrap();
+            let piece_enc = &enc[2..];
+            let outboard = PostOrderOutboard {
+                root: blake3::Hash::from_bytes(id.0),
+                tree,
+                data: &mut want_ob[..],
+            };
+            let chunks = piece_chunks(size, piece);
+            bao_tree::io::sync::decode_ranges(piece_enc, &chunks, &mut want_data[..], outboard)
+                .unwrap();
+            decode_piece_with_outboard(
+                id,
+                size,
+                piece,
+                piece_enc,
+                &mut got_data[..],
+                &mut got_ob[..],
+            )
+            .unwrap();
+        }
+        assert!(got_data == bytes, "size {size}: data");
+        assert!(want_data == got_data, "size {size}: data as the library");
+        assert!(want_ob == got_ob, "size {size}: outboard as the library");
+        assert!(got_ob == ob, "size {size}: the whole outboard");
+    }
+}

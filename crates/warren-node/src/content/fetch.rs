@@ -2,6 +2,8 @@
 //!
 //! Sources are the peers the DHT names as holders and the peers this node is connected to
 //! (followers of a channel, mDNS neighbours), each asked whether it holds the blob whole.
+//! A download starts as soon as one connected peer has it; holders the DHT names join it
+//! as they answer, up to six sources.
 //! One worker per source takes the next missing piece from a shared queue, keeping four
 //! pieces under way (asked for on its stream, or being verified and written, two at once
 //! while it reads the next); at the end, a source with nothing left to take asks for pieces
@@ -20,6 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -29,7 +33,7 @@ use warren_content::{ContentId, Partial, PieceWriter, StoreError};
 use warren_types::NodeId;
 
 use super::proto::{BlobClient, PeerError};
-use super::{Content, blob_key, blocking};
+use super::{Content, blob_key, blocking, lock};
 
 /// Most peers fetched from at once.
 const MAX_SOURCES: usize = 6;
@@ -185,23 +189,17 @@ async fn fetch(
         if round > 0 {
             tokio::time::sleep(Duration::from_secs(round as u64)).await;
         }
-        let sources: Vec<(NodeId, u64)> = find_sources(content, &id)
-            .await
-            .into_iter()
-            .filter(|(p, size)| !bad.contains(p) && size_hint.is_none_or(|h| h == *size))
-            .collect();
-        if sources.is_empty() {
+        let Sources { now, later } = find_sources(content, &id).await;
+        let usable = |bad: &BTreeSet<NodeId>, (p, s): &(NodeId, u64)| {
+            !bad.contains(p) && size_hint.is_none_or(|h| h == *s)
+        };
+        let now: Vec<(NodeId, u64)> = now.into_iter().filter(|f| usable(&bad, f)).collect();
+        let Some(&(_, first_size)) = now.first() else {
             debug!(%id, round, "no peer holds it yet");
             continue;
-        }
+        };
         // Without a signed size, the first answer sets it; the last piece proves it.
-        let size = size_hint.unwrap_or(sources[0].1);
-        let sources: Vec<NodeId> = sources
-            .into_iter()
-            .filter(|(_, s)| *s == size)
-            .map(|(p, _)| p)
-            .take(MAX_SOURCES)
-            .collect();
+        let size = size_hint.unwrap_or(first_size);
         let part = match &partial {
             Some(p) => p.clone(),
             None => {
@@ -224,11 +222,6 @@ async fn fetch(
         };
         let live = live.clone().expect("set with the download");
         *lock(&live.queue) = lock(&part).missing().into();
-        tx.send_modify(|p| {
-            p.size = Some(size);
-            p.have = lock(&part).have_bytes();
-            p.sources = sources.len();
-        });
         let download = Download {
             id,
             live: live.clone(),
@@ -236,33 +229,70 @@ async fn fetch(
             tx: tx.clone(),
             writes: writes.clone(),
         };
-        let workers = sources.iter().map(|peer| worker(content, *peer, &download));
-        // Once every piece is in, a source still waiting on a slow answer is not waited
-        // for: its request is simply dropped.
-        let mut done = tx.subscribe();
-        let all_in = async {
-            while done.changed().await.is_ok() {
-                if lock(&part).is_complete() {
-                    return;
+        // The sources of this round: those found at once start now; those the DHT names
+        // later join while the download runs.
+        let mut later = later;
+        {
+            let mut sources: BTreeSet<NodeId> = BTreeSet::new();
+            let mut workers = FuturesUnordered::new();
+            let join = |peers: Vec<(NodeId, u64)>,
+                        sources: &mut BTreeSet<NodeId>,
+                        workers: &mut FuturesUnordered<_>| {
+                for (peer, _) in peers.into_iter().filter(|(_, s)| *s == size) {
+                    if sources.len() < MAX_SOURCES && sources.insert(peer) {
+                        let download = &download;
+                        workers.push(async move { (peer, worker(content, peer, download).await) });
+                    }
+                }
+                let n = sources.len();
+                tx.send_modify(|p| {
+                    p.size = Some(size);
+                    p.have = lock(&part).have_bytes();
+                    p.sources = n;
+                });
+            };
+            join(now, &mut sources, &mut workers);
+            // Once every piece is in, a source still waiting on a slow answer is not waited
+            // for: its request is simply dropped.
+            let mut done = tx.subscribe();
+            let all_in = async {
+                while done.changed().await.is_ok() {
+                    if lock(&part).is_complete() {
+                        return;
+                    }
+                }
+                std::future::pending::<()>().await;
+            };
+            tokio::pin!(all_in);
+            loop {
+                if workers.is_empty() && later.is_none() {
+                    break;
+                }
+                tokio::select! {
+                    Some((peer, result)) = workers.next() => match result {
+                        Ok(()) => {}
+                        Err(WorkerError::Corrupt(e)) => {
+                            warn!(%peer, %id, "a peer sent a piece that does not verify; dropping it ({e})");
+                            content.net().penalise(peer).await;
+                            bad.insert(peer);
+                        }
+                        Err(WorkerError::Peer(e)) => debug!(%peer, %id, "source failed: {e}"),
+                        Err(WorkerError::Local(e)) => return Err(e),
+                    },
+                    more = async { later.as_mut().expect("checked by the guard").await },
+                        if later.is_some() =>
+                    {
+                        later = None;
+                        let more = keep_entry(content, &id, more.unwrap_or_default());
+                        let more = more.into_iter().filter(|f| usable(&bad, f)).collect();
+                        join(more, &mut sources, &mut workers);
+                    }
+                    () = &mut all_in => break,
                 }
             }
-            std::future::pending::<()>().await;
-        };
-        let results = tokio::select! {
-            results = futures::future::join_all(workers) => results,
-            () = all_in => Vec::new(),
-        };
-        for (peer, result) in sources.iter().zip(results) {
-            match result {
-                Ok(()) => {}
-                Err(WorkerError::Corrupt(e)) => {
-                    warn!(%peer, %id, "a peer sent a piece that does not verify; dropping it ({e})");
-                    content.net().penalise(*peer).await;
-                    bad.insert(*peer);
-                }
-                Err(WorkerError::Peer(e)) => debug!(%peer, %id, "source failed: {e}"),
-                Err(WorkerError::Local(e)) => return Err(e),
-            }
+        }
+        if let Some(search) = later.take() {
+            search.abort();
         }
         drop(download);
         if lock(&part).is_complete() {
@@ -289,15 +319,21 @@ async fn fetch(
     ))
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// What a probe finds: a peer, the size it claims, and the entry it signed for the blob.
+type Found = (NodeId, u64, Option<warren_content::SignedEntry>);
+
+/// Where a round of a download gets its sources.
+struct Sources {
+    /// Peers found to hold the blob whole, with the size each claims.
+    now: Vec<(NodeId, u64)>,
+    /// The DHT search still under way when connected peers already had it: its finds
+    /// join the running download.
+    later: Option<tokio::task::JoinHandle<Vec<Found>>>,
 }
 
-/// Peers that hold `id` whole, with the size each claims; keeps the first entry naming
-/// `id` that verifies, so the blob keeps its media type and title. Connected peers are
-/// asked at once while the DHT is searched; when a neighbour has it, the search gets only
-/// a short grace to add more sources.
-async fn find_sources(content: &Arc<Content>, id: &ContentId) -> Vec<(NodeId, u64)> {
+/// Peers that hold `id` whole. Connected peers are asked at once while the DHT is
+/// searched; when a neighbour has it, the download starts without waiting for the search.
+async fn find_sources(content: &Arc<Content>, id: &ContentId) -> Sources {
     let net = content.net();
     let me = net.local_id();
     let state = net.state();
@@ -331,38 +367,42 @@ async fn find_sources(content: &Arc<Content>, id: &ContentId) -> Vec<(NodeId, u6
             probe(&content, &id, others).await
         })
     };
-    let mut found = probe(content, id, near).await;
-    let mut far = far;
-    let more = if found.is_empty() {
-        (&mut far).await.unwrap_or_default()
-    } else {
-        let more = tokio::time::timeout(Duration::from_millis(150), &mut far).await;
-        far.abort();
-        more.ok().and_then(Result::ok).unwrap_or_default()
-    };
-    found.extend(more);
-    let mut sources = Vec::new();
-    let mut kept = content.signed_entry_for(id).is_some();
-    for (peer, size, entry) in found {
-        if !kept
-            && let Some(e) = entry
-            && e.verify().is_ok_and(|v| v.content == *id && v.size == size)
-        {
-            content.keep_loose_entry(id, &e);
-            kept = true;
-        }
-        sources.push((peer, size));
+    let found = probe(content, id, near).await;
+    if found.is_empty() {
+        let found = far.await.unwrap_or_default();
+        return Sources {
+            now: keep_entry(content, id, found),
+            later: None,
+        };
     }
-    sources
+    Sources {
+        now: keep_entry(content, id, found),
+        later: Some(far),
+    }
+}
+
+/// The peers and sizes of `found`; keeps the first entry naming `id` that verifies, so
+/// the blob keeps its media type and title.
+fn keep_entry(content: &Content, id: &ContentId, found: Vec<Found>) -> Vec<(NodeId, u64)> {
+    let mut kept = content.signed_entry_for(id).is_some();
+    found
+        .into_iter()
+        .map(|(peer, size, entry)| {
+            if !kept
+                && let Some(e) = entry
+                && e.verify().is_ok_and(|v| v.content == *id && v.size == size)
+            {
+                content.keep_loose_entry(id, &e);
+                kept = true;
+            }
+            (peer, size)
+        })
+        .collect()
 }
 
 /// Asks each of `peers` at once whether it holds `id` whole. Once one has it, the others
 /// get a short grace to answer: a peer that stopped answering must not hold up the rest.
-async fn probe(
-    content: &Arc<Content>,
-    id: &ContentId,
-    peers: Vec<NodeId>,
-) -> Vec<(NodeId, u64, Option<warren_content::SignedEntry>)> {
+async fn probe(content: &Arc<Content>, id: &ContentId, peers: Vec<NodeId>) -> Vec<Found> {
     use futures::StreamExt;
 
     let mut probes: futures::stream::FuturesUnordered<_> = peers

@@ -67,6 +67,12 @@ pub(crate) fn topic(channel: &NodeId) -> String {
 }
 
 /// The DHT key under which holders of a blob announce themselves.
+/// Locks `m`; a task that panicked while holding it does not make it unusable for the
+/// rest of the node.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub(crate) fn blob_key(id: &ContentId) -> Vec<u8> {
     [b"warren/blob/".as_slice(), &id.0].concat()
 }
@@ -232,7 +238,7 @@ impl Content {
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner)
     }
 
     pub(crate) fn net(&self) -> &Network {
@@ -501,7 +507,7 @@ impl Content {
 
     /// Starts (or joins) the download of `id`; the receiver follows its progress.
     pub(crate) fn fetch(self: &Arc<Self>, id: ContentId) -> watch::Receiver<Progress> {
-        let mut fetches = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fetches = lock(&self.fetches);
         if let Some(rx) = fetches.get(&id)
             && !rx.borrow().finished()
         {
@@ -539,12 +545,12 @@ impl Content {
 
     /// The download of `id` under way, once its size is known.
     pub(crate) fn live(&self, id: &ContentId) -> Option<Arc<fetch::Live>> {
-        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let live = lock(&self.live);
         live.get(id).cloned()
     }
 
     pub(crate) fn set_live(&self, id: ContentId, download: Option<Arc<fetch::Live>>) {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live = lock(&self.live);
         match download {
             Some(d) => live.insert(id, d),
             None => live.remove(&id),
@@ -553,7 +559,7 @@ impl Content {
 
     /// The progress of the download of `id`, if one was started since the node began.
     pub(crate) fn fetch_progress(&self, id: &ContentId) -> Option<Progress> {
-        let fetches = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
+        let fetches = lock(&self.fetches);
         fetches.get(id).map(|rx| rx.borrow().clone())
     }
 

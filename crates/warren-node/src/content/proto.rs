@@ -25,7 +25,7 @@ use warren_content::{ContentId, SignedEntry};
 use warren_net::{Incoming, NetStream};
 use warren_types::NodeId;
 
-use super::Content;
+use super::{Content, lock};
 
 pub(crate) const BLOB_PROTOCOL: &str = "/warren/blob/1";
 pub(crate) const CHANNEL_PROTOCOL: &str = "/warren/channel/1";
@@ -119,18 +119,24 @@ async fn read_request(
 /// the current one goes out. Bounds a stream's memory to a few pieces.
 const AHEAD: usize = 2;
 
-/// An answer on its way: ready bytes, or a piece being read and encoded.
+/// An answer on its way: ready bytes, or a piece being read and encoded (into a buffer
+/// that holds its header first, and that the writer hands back for another piece).
 enum Answer {
     Ready(Vec<u8>),
     Piece(
         ContentId,
-        tokio::task::JoinHandle<Result<Vec<u8>, warren_content::StoreError>>,
+        tokio::task::JoinHandle<(Vec<u8>, Result<(), warren_content::StoreError>)>,
     ),
 }
+
+/// The bytes before an encoded piece: `HAVE` and its length.
+const PIECE_HEAD: usize = 5;
 
 async fn serve_blob(content: Arc<Content>, _peer: NodeId, s: NetStream) -> std::io::Result<()> {
     let (mut rx, mut tx) = tokio::io::split(s);
     let (queue, mut answers) = tokio::sync::mpsc::channel::<Answer>(AHEAD);
+    // Piece buffers the writer is done with (at most AHEAD + 2 exist per stream).
+    let spare: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
     let read = async {
         let mut req = [0u8; 41];
         for _ in 0..MAX_REQUESTS_PER_STREAM {
@@ -143,9 +149,14 @@ async fn serve_blob(content: Arc<Content>, _peer: NodeId, s: NetStream) -> std::
                 OP_SIZE => Answer::Ready(size_answer(&content, &id)),
                 OP_PIECE => {
                     let blobs = content.blobs.clone();
+                    let mut buf = lock(&spare).pop().unwrap_or_default();
                     Answer::Piece(
                         id,
-                        tokio::task::spawn_blocking(move || blobs.encode_piece(&id, piece)),
+                        tokio::task::spawn_blocking(move || {
+                            buf.resize(buf.len().max(PIECE_HEAD), 0);
+                            let r = blobs.encode_piece_at(&id, piece, &mut buf, PIECE_HEAD);
+                            (buf, r)
+                        }),
                     )
                 }
                 _ => return Err(std::io::Error::other("unknown blob request")),
@@ -162,13 +173,14 @@ async fn serve_blob(content: Arc<Content>, _peer: NodeId, s: NetStream) -> std::
             match answer {
                 Answer::Ready(bytes) => tx.write_all(&bytes).await?,
                 Answer::Piece(id, encoding) => {
-                    match encoding.await.map_err(std::io::Error::other)? {
-                        Ok(bytes) => {
-                            let mut head = [0u8; 5];
-                            head[0] = HAVE;
-                            head[1..].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
-                            tx.write_all(&head).await?;
-                            tx.write_all(&bytes).await?;
+                    let (mut buf, encoded) = encoding.await.map_err(std::io::Error::other)?;
+                    match encoded {
+                        Ok(()) => {
+                            let len = (buf.len() - PIECE_HEAD) as u32;
+                            buf[0] = HAVE;
+                            buf[1..PIECE_HEAD].copy_from_slice(&len.to_le_bytes());
+                            tx.write_all(&buf).await?;
+                            lock(&spare).push(buf);
                         }
                         Err(warren_content::StoreError::Piece(
                             warren_content::blob::PieceError::Corrupt { .. },

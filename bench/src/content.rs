@@ -16,7 +16,8 @@
 //!    all of them at once. Beside it, **raw ×N**: one stream from each at once.
 //!
 //! Each is measured per transport (`--transport`, default QUIC and TCP, each on its own:
-//! raw and fetch compared over the same one). Which transport really carried each transfer
+//! raw and fetch compared over the same one), in rounds of one transfer of each kind
+//! (`--runs`), so a slow spell of a shared machine falls on both sides. Which transport really carried each transfer
 //! is checked, not assumed: the bytes that crossed the nodes' TCP connections are counted
 //! (`ss -tin`), the rest went over QUIC; the kernel's UDP/TCP counters are printed beside.
 //! Only 127.0.0.1 is listened on and dialled; mDNS is off. Every wait is bounded.
@@ -53,7 +54,8 @@ N raw streams at once from N peers, and a fresh node fetching the blob from N pe
   --size-mib N     blob size, and bytes of each raw transfer, in MiB
                    [default: 1024, or $WARREN_BENCH_SIZE_MIB]
   --peers N        holders in the multi-peer fetch (the fetcher uses up to 6) [default: 3]
-  --runs N         transfers of each kind (fresh fetcher each time; medians compared) [default: 1]
+  --runs N         rounds of one transfer of each kind, interleaved (a fresh reader or
+                   fetcher each time; medians compared)                     [default: 1]
   --transport LIST which of quic,tcp,auto to measure, each on its own: quic or tcp = a node
                    connects to the others on that address only; auto = on all of them
                    through Network::connect (QUIC and TCP are dialled at once, the first
@@ -645,22 +647,29 @@ async fn bench(a: &Args, dir: &Path) -> Result<(), String> {
                 fetch_n: Vec::new(),
             };
             let tag = transport.tag();
-            if a.wants("raw") {
-                f.raw = raw_runs(a, dir, &format!("b-{tag}"), &holders[..1], transport).await?;
-            }
-            if let (true, Some(id)) = (a.wants("fetch-1"), &id) {
-                for run in 1..=a.runs {
+            // Rounds interleave the kinds, so a slow spell of a shared machine falls on raw
+            // and fetch alike rather than on one of them.
+            for run in 1..=a.runs {
+                if a.wants("raw") {
+                    let name = format!("b-{tag}-{run}");
+                    let t = raw_once(a, dir, &name, &holders[..1], transport).await?;
+                    print_transfer("content-raw", run, a.runs, &t, "(1 stream B <- A)");
+                    f.raw.push(t);
+                }
+                if let (true, Some(id)) = (a.wants("fetch-1"), &id) {
                     let name = format!("c-{tag}-{run}");
                     let t = fetch_once(a, dir, &name, &holders[..1], transport, id).await?;
                     print_transfer("content-fetch-1", run, a.runs, &t, "(1 holder)");
                     f.fetch_1.push(t);
                 }
-            }
-            if a.wants("raw-n") {
-                f.raw_n = raw_runs(a, dir, &format!("b-n-{tag}"), &holders, transport).await?;
-            }
-            if let (true, Some(id)) = (a.wants("fetch-n"), &id) {
-                for run in 1..=a.runs {
+                if a.wants("raw-n") {
+                    let name = format!("b-n-{tag}-{run}");
+                    let t = raw_once(a, dir, &name, &holders, transport).await?;
+                    let what = format!("({} streams at once, one from each holder)", holders.len());
+                    print_transfer("content-raw-n", run, a.runs, &t, &what);
+                    f.raw_n.push(t);
+                }
+                if let (true, Some(id)) = (a.wants("fetch-n"), &id) {
                     let name = format!("c-n-{tag}-{run}");
                     let t = fetch_once(a, dir, &name, &holders, transport, id).await?;
                     let what = format!("({} holders)", holders.len());
@@ -683,35 +692,22 @@ async fn bench(a: &Args, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// A fresh node `name`, connected to `holders`, reads `--runs` raw transfers, each split
+/// One raw transfer: a fresh node `name`, connected to `holders`, reads `a.size` bytes split
 /// evenly over one stream to every holder at once.
-async fn raw_runs(
+async fn raw_once(
     a: &Args,
     dir: &Path,
     name: &str,
     holders: &[NodeHandle],
     transport: Transport,
-) -> Result<Vec<Transfer>, String> {
+) -> Result<Transfer, String> {
     let b = spawn_node(dir, name).await?;
     let result = async {
         join(&b, holders, transport).await?;
         let peers: Vec<NodeId> = holders.iter().map(NodeHandle::node_id).collect();
         let nodes: Vec<&NodeHandle> = std::iter::once(&b).chain(holders).collect();
-        let (label, what) = if holders.len() == 1 {
-            ("content-raw", "(1 stream B <- A)".to_string())
-        } else {
-            (
-                "content-raw-n",
-                format!("({} streams at once, one from each holder)", holders.len()),
-            )
-        };
-        let mut out = Vec::new();
-        for run in 1..=a.runs {
-            let ((), t) = measured(a.size, &nodes, raw_pull(&b, &peers, a.size, a.timeout)).await?;
-            print_transfer(label, run, a.runs, &t, &what);
-            out.push(t);
-        }
-        Ok::<_, String>(out)
+        let ((), t) = measured(a.size, &nodes, raw_pull(&b, &peers, a.size, a.timeout)).await?;
+        Ok::<_, String>(t)
     }
     .await;
     stop(b, dir, name).await;

@@ -224,16 +224,18 @@ fn write_pairs<O: WriteAt>(
 }
 
 /// Checks an encoded piece against `id` and writes its verified bytes into `target` at
-/// their offsets in the blob. On error the piece must be treated as missing; whatever was
-/// written of it had verified.
+/// their offsets in the blob. On error the piece must be treated as missing; nothing of
+/// it was written.
 pub fn decode_piece<W: WriteAt>(
     id: ContentId,
     size: u64,
     piece: u64,
     encoded: &[u8],
-    target: W,
+    mut target: W,
 ) -> Result<(), PieceError> {
-    decode_into(id, size, piece, encoded, target, None::<&mut [u8]>)
+    let verified = decode_slice(id, size, piece, encoded, PieceBuf::new())?;
+    target.write_all_at(verified.offset(), verified.bytes())?;
+    Ok(())
 }
 
 /// [`decode_piece`], also writing the verified hashes it meets into `outboard` (a post-order
@@ -244,99 +246,378 @@ pub fn decode_piece_with_outboard<W: WriteAt, O: WriteAt>(
     size: u64,
     piece: u64,
     encoded: &[u8],
-    target: W,
+    mut target: W,
     outboard: O,
 ) -> Result<(), PieceError> {
-    decode_into(id, size, piece, encoded, target, Some(outboard))
+    let verified = decode_slice(id, size, piece, encoded, PieceBuf::new())?;
+    target.write_all_at(verified.offset(), verified.bytes())?;
+    verified.write_hashes(outboard)?;
+    Ok(())
 }
 
-/// Decodes against the content id, as bao-tree's `decode_ranges` does, but straight from
-/// `encoded` (no copy of each chunk group through a buffer); the hashes go into `outboard`
-/// once the whole piece verified, one write per run of adjacent ones.
-fn decode_into<W: WriteAt, O: WriteAt>(
+/// Runs a [`PieceDecoder`] over a whole encoded piece held in memory, into `buf`.
+pub fn decode_slice(
     id: ContentId,
     size: u64,
     piece: u64,
     encoded: &[u8],
-    mut target: W,
-    outboard: Option<O>,
-) -> Result<(), PieceError> {
-    check_piece(size, piece)?;
+    buf: PieceBuf,
+) -> Result<VerifiedPiece, PieceError> {
     if encoded.len() as u64 > MAX_ENCODED_PIECE {
         return Err(PieceError::TooLong {
             piece,
             len: encoded.len(),
         });
     }
-    let corrupt = |reason: String| PieceError::Corrupt { piece, reason };
-    let tree = tree(size);
-    let chunks = piece_chunks(size, piece);
-    let ranges = bao_tree::io::sync::truncate_ranges(&chunks, size);
-    // The hashes still to be checked against, the next one on top.
-    let mut stack = vec![blake3::Hash::from_bytes(id.0)];
-    let mut pairs: Vec<(TreeNode, [u8; 64])> = Vec::new();
+    let mut decoder = PieceDecoder::new(id, size, piece, buf)?;
     let mut rest = encoded;
-    for item in tree.ranges_pre_order_chunks_iter_ref(ranges, 0) {
-        let Some(want) = stack.pop() else {
-            break;
-        };
-        match item {
-            BaoChunk::Parent {
-                node,
-                is_root,
-                left,
-                right,
-                ..
-            } => {
-                let (pair, tail) = rest
-                    .split_first_chunk::<64>()
-                    .ok_or_else(|| corrupt(format!("it ends inside the hashes of {node:?}")))?;
-                rest = tail;
-                let (l, r) = pair.split_at(32);
-                let l = blake3::Hash::from_slice(l).expect("32 bytes");
-                let r = blake3::Hash::from_slice(r).expect("32 bytes");
-                if parent_cv(&l, &r, is_root) != want {
-                    return Err(corrupt(format!("the hashes of {node:?} do not match")));
-                }
-                if right {
-                    stack.push(r);
-                }
-                if left {
-                    stack.push(l);
-                }
-                pairs.push((node, *pair));
-            }
-            BaoChunk::Leaf {
-                start_chunk,
-                size: len,
-                is_root,
-                ..
-            } => {
-                if rest.len() < len {
-                    return Err(corrupt(format!(
-                        "it ends inside the chunk group at byte {}",
-                        start_chunk.to_bytes()
-                    )));
-                }
-                let (data, tail) = rest.split_at(len);
-                rest = tail;
-                if hash_subtree(start_chunk.0, data, is_root) != want {
-                    return Err(corrupt(format!(
-                        "the chunk group at byte {} does not match its hash",
-                        start_chunk.to_bytes()
-                    )));
-                }
-                target.write_all_at(start_chunk.to_bytes(), data)?;
+    while let Some(need) = decoder.need() {
+        let (now, tail) = rest.split_at_checked(need.bytes()).ok_or_else(|| {
+            decoder.corrupt(format!("it ends {} bytes short", need.bytes() - rest.len()))
+        })?;
+        rest = tail;
+        match need {
+            Need::Pair => decoder.pair(now.try_into().expect("64 bytes"))?,
+            Need::Group(_) => {
+                decoder.group_slot().copy_from_slice(now);
+                decoder.group()?;
             }
         }
     }
     if !rest.is_empty() {
-        return Err(corrupt(format!("{} bytes after the piece", rest.len())));
+        return Err(decoder.corrupt(format!("{} bytes after the piece", rest.len())));
     }
-    if let Some(mut outboard) = outboard {
-        write_pairs(tree, &mut outboard, &pairs)?;
+    decoder.finish()
+}
+
+/// Alignment of a [`PieceBuf`]'s bytes: what a direct (`O_DIRECT`) write needs of its
+/// buffer's address and length, and of the file offset (pieces start at multiples of it).
+pub const PIECE_ALIGN: usize = 4096;
+
+/// Room for one piece's bytes at an address aligned to [`PIECE_ALIGN`], with the padding
+/// to a multiple of it, so a direct write can take them as they are. Reused from piece to
+/// piece.
+#[derive(Debug)]
+pub struct PieceBuf {
+    bytes: Vec<u8>,
+}
+
+impl Default for PieceBuf {
+    fn default() -> Self {
+        Self::new()
     }
-    Ok(())
+}
+
+impl PieceBuf {
+    pub fn new() -> PieceBuf {
+        PieceBuf {
+            bytes: vec![0u8; PIECE_BYTES as usize + PIECE_ALIGN],
+        }
+    }
+
+    /// The aligned window's first `len` bytes (at most a piece, padded).
+    fn window(&mut self, len: usize) -> &mut [u8] {
+        let skip = self.bytes.as_ptr().align_offset(PIECE_ALIGN);
+        &mut self.bytes[skip..skip + len]
+    }
+
+    fn window_ref(&self, len: usize) -> &[u8] {
+        let skip = self.bytes.as_ptr().align_offset(PIECE_ALIGN);
+        &self.bytes[skip..skip + len]
+    }
+}
+
+/// What a [`PieceDecoder`] takes next from the encoded piece.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// A parent's pair of hashes: 64 bytes, for [`PieceDecoder::pair`].
+    Pair,
+    /// A chunk group of this many bytes, read into [`PieceDecoder::group_slot`] and then
+    /// checked by [`PieceDecoder::group`].
+    Group(usize),
+}
+
+impl Need {
+    /// How many encoded bytes it is.
+    pub fn bytes(self) -> usize {
+        match self {
+            Need::Pair => 64,
+            Need::Group(len) => len,
+        }
+    }
+}
+
+/// One step of a piece's encoding, in the order bao-tree sends them (pre-order).
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Pair {
+        node: TreeNode,
+        is_root: bool,
+        left: bool,
+        right: bool,
+    },
+    Group {
+        start_chunk: ChunkNum,
+        len: usize,
+        is_root: bool,
+    },
+}
+
+/// Verifies one piece as its bao-tree encoding arrives, without I/O: the caller reads
+/// what [`PieceDecoder::need`] asks for and hands it over; chunk groups are read straight
+/// into the piece's aligned buffer ([`PieceDecoder::group_slot`]) and checked there, so
+/// the bytes cross memory once and are hashed while in cache. It checks what bao-tree's
+/// `decode_ranges` checks (every pair against its parent, every group against its hash,
+/// from the content id down) and only a finished piece becomes a [`VerifiedPiece`]: no
+/// unverified byte leaves it.
+#[derive(Debug)]
+pub struct PieceDecoder {
+    id: ContentId,
+    size: u64,
+    piece: u64,
+    tree: BaoTree,
+    steps: Vec<Step>,
+    next: usize,
+    /// The hashes still to be checked against, the next one on top.
+    stack: Vec<blake3::Hash>,
+    pairs: Vec<(TreeNode, [u8; 64])>,
+    buf: PieceBuf,
+}
+
+impl PieceDecoder {
+    /// A decoder for piece `piece` of the blob `id`, `size` bytes long, into `buf`.
+    pub fn new(
+        id: ContentId,
+        size: u64,
+        piece: u64,
+        buf: PieceBuf,
+    ) -> Result<PieceDecoder, PieceError> {
+        check_piece(size, piece)?;
+        let tree = tree(size);
+        let chunks = piece_chunks(size, piece);
+        let ranges = bao_tree::io::sync::truncate_ranges(&chunks, size);
+        let steps = tree
+            .ranges_pre_order_chunks_iter_ref(ranges, 0)
+            .map(|item| match item {
+                BaoChunk::Parent {
+                    node,
+                    is_root,
+                    left,
+                    right,
+                    ..
+                } => Step::Pair {
+                    node,
+                    is_root,
+                    left,
+                    right,
+                },
+                BaoChunk::Leaf {
+                    start_chunk,
+                    size,
+                    is_root,
+                    ..
+                } => Step::Group {
+                    start_chunk,
+                    len: size,
+                    is_root,
+                },
+            })
+            .collect();
+        Ok(PieceDecoder {
+            id,
+            size,
+            piece,
+            tree,
+            steps,
+            next: 0,
+            stack: vec![blake3::Hash::from_bytes(id.0)],
+            pairs: Vec::new(),
+            buf,
+        })
+    }
+
+    /// What comes next, or `None` once the piece is whole.
+    pub fn need(&self) -> Option<Need> {
+        if self.stack.is_empty() {
+            return None;
+        }
+        match self.steps.get(self.next)? {
+            Step::Pair { .. } => Some(Need::Pair),
+            Step::Group { len, .. } => Some(Need::Group(*len)),
+        }
+    }
+
+    /// Takes the pair of hashes [`Need::Pair`] asked for.
+    ///
+    /// # Panics
+    /// If the decoder did not ask for a pair.
+    pub fn pair(&mut self, pair: &[u8; 64]) -> Result<(), PieceError> {
+        let Some(&Step::Pair {
+            node,
+            is_root,
+            left,
+            right,
+        }) = self.steps.get(self.next)
+        else {
+            panic!("PieceDecoder::pair called when it needs {:?}", self.need());
+        };
+        let want = self.stack.pop().expect("need() checked the stack");
+        let (l, r) = pair.split_at(32);
+        let l = blake3::Hash::from_slice(l).expect("32 bytes");
+        let r = blake3::Hash::from_slice(r).expect("32 bytes");
+        if parent_cv(&l, &r, is_root) != want {
+            self.stack.clear();
+            return Err(self.corrupt(format!("the hashes of {node:?} do not match")));
+        }
+        if right {
+            self.stack.push(r);
+        }
+        if left {
+            self.stack.push(l);
+        }
+        self.pairs.push((node, *pair));
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Where the chunk group [`Need::Group`] asked for goes: read it in, then call
+    /// [`PieceDecoder::group`].
+    ///
+    /// # Panics
+    /// If the decoder did not ask for a chunk group.
+    pub fn group_slot(&mut self) -> &mut [u8] {
+        let Some(&Step::Group {
+            start_chunk, len, ..
+        }) = self.steps.get(self.next)
+        else {
+            panic!(
+                "PieceDecoder::group_slot called when it needs {:?}",
+                self.need()
+            );
+        };
+        let at = (start_chunk.to_bytes() - self.offset()) as usize;
+        &mut self.buf.window(at + len)[at..]
+    }
+
+    /// Checks the chunk group read into [`PieceDecoder::group_slot`].
+    ///
+    /// # Panics
+    /// If the decoder did not ask for a chunk group.
+    pub fn group(&mut self) -> Result<(), PieceError> {
+        let Some(&Step::Group {
+            start_chunk,
+            len,
+            is_root,
+        }) = self.steps.get(self.next)
+        else {
+            panic!("PieceDecoder::group called when it needs {:?}", self.need());
+        };
+        let want = self.stack.pop().expect("need() checked the stack");
+        let at = (start_chunk.to_bytes() - self.offset()) as usize;
+        let data = &self.buf.window_ref(at + len)[at..];
+        if hash_subtree(start_chunk.0, data, is_root) != want {
+            self.stack.clear();
+            return Err(self.corrupt(format!(
+                "the chunk group at byte {} does not match its hash",
+                start_chunk.to_bytes()
+            )));
+        }
+        self.next += 1;
+        Ok(())
+    }
+
+    /// The piece, once [`PieceDecoder::need`] has nothing more to ask.
+    pub fn finish(mut self) -> Result<VerifiedPiece, PieceError> {
+        if let Some(need) = self.need() {
+            return Err(self.corrupt(format!("it stops before a {}-byte part", need.bytes())));
+        }
+        if self.next != self.steps.len() {
+            return Err(self.corrupt("a hash check failed".into()));
+        }
+        let len = self.len();
+        let padded = len.next_multiple_of(PIECE_ALIGN);
+        self.buf.window(padded)[len..].fill(0);
+        Ok(VerifiedPiece {
+            id: self.id,
+            size: self.size,
+            piece: self.piece,
+            tree: self.tree,
+            pairs: self.pairs,
+            buf: self.buf,
+        })
+    }
+
+    /// The error for this piece's sender.
+    pub fn corrupt(&self, reason: String) -> PieceError {
+        PieceError::Corrupt {
+            piece: self.piece,
+            reason,
+        }
+    }
+
+    fn offset(&self) -> u64 {
+        piece_bytes(self.size, self.piece).start
+    }
+
+    fn len(&self) -> usize {
+        let r = piece_bytes(self.size, self.piece);
+        (r.end - r.start) as usize
+    }
+}
+
+/// A piece whose every byte and hash checked against its content id ([`PieceDecoder`]).
+#[derive(Debug)]
+pub struct VerifiedPiece {
+    id: ContentId,
+    size: u64,
+    piece: u64,
+    tree: BaoTree,
+    pairs: Vec<(TreeNode, [u8; 64])>,
+    buf: PieceBuf,
+}
+
+impl VerifiedPiece {
+    pub fn id(&self) -> ContentId {
+        self.id
+    }
+
+    /// The size of the blob it belongs to.
+    pub fn blob_size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn piece(&self) -> u64 {
+        self.piece
+    }
+
+    /// Where its bytes go in the blob.
+    pub fn offset(&self) -> u64 {
+        piece_bytes(self.size, self.piece).start
+    }
+
+    /// Its bytes.
+    pub fn bytes(&self) -> &[u8] {
+        let r = piece_bytes(self.size, self.piece);
+        self.buf.window_ref((r.end - r.start) as usize)
+    }
+
+    /// Its bytes and zeroes up to a multiple of [`PIECE_ALIGN`], at an aligned address: a
+    /// direct write takes them as they are (the file is cut to the blob's size at the end).
+    pub fn padded(&self) -> &[u8] {
+        self.buf
+            .window_ref(self.bytes().len().next_multiple_of(PIECE_ALIGN))
+    }
+
+    /// Writes the hashes that proved it into `outboard` (a post-order outboard being
+    /// built), one call per run of adjacent ones.
+    pub fn write_hashes<O: WriteAt>(&self, mut outboard: O) -> io::Result<()> {
+        write_pairs(self.tree, &mut outboard, &self.pairs)
+    }
+
+    /// The buffer back, for the next piece.
+    pub fn into_buf(self) -> PieceBuf {
+        self.buf
+    }
 }
 
 /// The BLAKE3 chaining value of the chunks from `start_chunk` on (the hash itself when they

@@ -219,25 +219,17 @@ fn a_download_under_a_wrong_size_never_finishes() {
 }
 
 #[test]
-fn pieces_land_the_same_written_directly_through_the_buffer_or_buffered() {
+fn pieces_land_the_same_written_directly_or_buffered() {
     let (_dir, a, b) = stores();
     let bytes = data(2 * PIECE_BYTES as usize + 4097);
     let (id, size) = a.import_bytes(&bytes).unwrap();
-    // 0: direct where the file system allows it; 1: the aligned buffer, written buffered
-    // (what a refused direct write falls back to); 2: straight into the file.
-    for mode in 0..3 {
+    // 0: direct where the file system allows it; 1: buffered (what a refused direct write
+    // falls back to).
+    for mode in 0..2 {
         let mut part = b.partial(id, size).unwrap();
         let mut writer = part.writer().unwrap();
-        match mode {
-            1 => {
-                let direct = writer.direct.get_or_insert_with(|| Direct {
-                    file: None,
-                    buf: vec![0u8; PIECE_BYTES as usize + DIRECT_ALIGN],
-                });
-                direct.file = None;
-            }
-            2 => writer.direct = None,
-            _ => {}
+        if mode == 1 {
+            writer.direct = None;
         }
         for piece in [2, 0, 1] {
             let mut bad = a.encode_piece(&id, piece).unwrap();
@@ -257,4 +249,54 @@ fn pieces_land_the_same_written_directly_through_the_buffer_or_buffered() {
         b.verify(&id).unwrap();
         b.remove(&id).unwrap();
     }
+}
+
+/// A piece verified as it streams in (as a fetch does) is written as it is; a piece of
+/// another blob is refused.
+#[test]
+fn pieces_verified_as_they_stream_in_make_the_blob() {
+    let (_dir, a, b) = stores();
+    let bytes = data(3 * PIECE_BYTES as usize + 77);
+    let (id, size) = a.import_bytes(&bytes).unwrap();
+    let (other, other_size) = a.import_bytes(&data(5000)).unwrap();
+    let mut part = b.partial(id, size).unwrap();
+    let mut writer = part.writer().unwrap();
+    let mut buf = blob::PieceBuf::new();
+    for piece in 0..4 {
+        let encoded = a.encode_piece(&id, piece).unwrap();
+        let mut stream = &encoded[..];
+        let mut decoder = blob::PieceDecoder::new(id, size, piece, buf).unwrap();
+        while let Some(need) = decoder.need() {
+            match need {
+                blob::Need::Pair => {
+                    let (pair, rest) = stream.split_first_chunk::<64>().unwrap();
+                    decoder.pair(pair).unwrap();
+                    stream = rest;
+                }
+                blob::Need::Group(len) => {
+                    decoder.group_slot().copy_from_slice(&stream[..len]);
+                    decoder.group().unwrap();
+                    stream = &stream[len..];
+                }
+            }
+        }
+        assert!(stream.is_empty());
+        let verified = decoder.finish().unwrap();
+        writer.write_verified(&verified).unwrap();
+        part.mark(piece).unwrap();
+        buf = verified.into_buf();
+    }
+    let foreign = blob::decode_slice(
+        other,
+        other_size,
+        0,
+        &a.encode_piece(&other, 0).unwrap(),
+        buf,
+    )
+    .unwrap();
+    assert!(writer.write_verified(&foreign).is_err());
+    drop(writer);
+    part.finish().unwrap();
+    assert!(fs::read(b.data_path(&id)).unwrap() == bytes);
+    b.verify(&id).unwrap();
 }

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
-use warren_content::blob::{PIECE_BYTES, PieceError, piece_count};
+use warren_content::blob::{PIECE_BYTES, PieceBuf, PieceDecoder, PieceError, piece_count};
 use warren_content::{ContentId, Partial, PieceWriter, StoreError};
 use warren_types::NodeId;
 
@@ -193,7 +193,16 @@ async fn fetch(
         let usable = |bad: &BTreeSet<NodeId>, (p, s): &(NodeId, u64)| {
             !bad.contains(p) && size_hint.is_none_or(|h| h == *s)
         };
-        let now: Vec<(NodeId, u64)> = now.into_iter().filter(|f| usable(&bad, f)).collect();
+        let mut now: Vec<(NodeId, u64)> = now.into_iter().filter(|f| usable(&bad, f)).collect();
+        let mut later = later;
+        if now.is_empty()
+            && let Some(search) = later.take()
+        {
+            // The neighbours that answered are of no use (dropped before, or another
+            // size): the DHT's finds are this round's sources.
+            let found = keep_entry(content, &id, search.await.unwrap_or_default());
+            now = found.into_iter().filter(|f| usable(&bad, f)).collect();
+        }
         let Some(&(_, first_size)) = now.first() else {
             debug!(%id, round, "no peer holds it yet");
             continue;
@@ -231,7 +240,6 @@ async fn fetch(
         };
         // The sources of this round: those found at once start now; those the DHT names
         // later join while the download runs.
-        let mut later = later;
         {
             let mut sources: BTreeSet<NodeId> = BTreeSet::new();
             let mut workers = FuturesUnordered::new();
@@ -244,7 +252,7 @@ async fn fetch(
                         workers.push(async move { (peer, worker(content, peer, download).await) });
                     }
                 }
-                let n = sources.len();
+                let n = workers.len();
                 tx.send_modify(|p| {
                     p.size = Some(size);
                     p.have = lock(&part).have_bytes();
@@ -269,7 +277,10 @@ async fn fetch(
                     break;
                 }
                 tokio::select! {
-                    Some((peer, result)) = workers.next() => match result {
+                    Some((peer, result)) = workers.next() => {
+                        let n = workers.len();
+                        tx.send_modify(|p| p.sources = n);
+                        match result {
                         Ok(()) => {}
                         Err(WorkerError::Corrupt(e)) => {
                             warn!(%peer, %id, "a peer sent a piece that does not verify; dropping it ({e})");
@@ -278,7 +289,7 @@ async fn fetch(
                         }
                         Err(WorkerError::Peer(e)) => debug!(%peer, %id, "source failed: {e}"),
                         Err(WorkerError::Local(e)) => return Err(e),
-                    },
+                    }},
                     more = async { later.as_mut().expect("checked by the guard").await },
                         if later.is_some() =>
                     {
@@ -473,9 +484,9 @@ async fn worker(content: &Arc<Content>, peer: NodeId, d: &Download) -> Result<()
     result
 }
 
-/// What a piece's verify-and-write task gives back: the piece, how it went, and the writer
-/// and buffer for the next one.
-type Written = (u64, Result<(), StoreError>, PieceWriter, Vec<u8>);
+/// What a piece's write task gives back: the piece, how it went, and the writer and buffer
+/// for the next one.
+type Written = (u64, Result<(), StoreError>, PieceWriter, PieceBuf);
 
 async fn pull(
     content: &Arc<Content>,
@@ -494,14 +505,14 @@ async fn pull(
     let mut client = BlobClient::open(content, peer)
         .await
         .map_err(WorkerError::Peer)?;
-    // Each source verifies and writes on handles of its own, up to WRITES pieces at once
-    // while it reads the next from the stream; the download is locked only to count a
-    // piece in.
+    // Each source verifies pieces as they stream in, and writes them on handles of its
+    // own, up to WRITES at once while it reads the next; the download is locked only to
+    // count a piece in.
     let mut writers: Vec<PieceWriter> = (0..WRITES)
         .map(|_| lock(part).writer())
         .collect::<Result<_, _>>()
         .map_err(|e| WorkerError::Local(e.to_string()))?;
-    let mut buffers: Vec<Vec<u8>> = Vec::new();
+    let mut buffers: Vec<PieceBuf> = Vec::new();
     let mut writing: VecDeque<tokio::task::JoinHandle<Written>> = VecDeque::new();
     // Pieces asked for and not yet read, in order (`inflight` also holds those being
     // written).
@@ -558,27 +569,28 @@ async fn pull(
         }
         let piece = *unread.front().expect("checked above");
         client.flush().await.map_err(WorkerError::Peer)?;
-        let mut buf = buffers.pop().unwrap_or_default();
-        let read = tokio::time::timeout(Duration::from_secs(30), client.read_piece(&mut buf))
+        let decoder = PieceDecoder::new(id, live.size(), piece, buffers.pop().unwrap_or_default())
+            .map_err(|e| WorkerError::Local(e.to_string()))?;
+        let read = tokio::time::timeout(Duration::from_secs(30), client.read_piece(decoder))
             .await
             .map_err(|_| WorkerError::Peer(PeerError::Timeout))?;
-        match read {
-            Ok(true) => {}
-            Ok(false) => {
+        let verified = match read {
+            Ok(Some(v)) => v,
+            Ok(None) => {
                 return Err(WorkerError::Peer(PeerError::Protocol(
                     "it no longer holds the blob".into(),
                 )));
             }
             Err(PeerError::Protocol(e)) => return Err(WorkerError::Corrupt(e)),
             Err(e) => return Err(WorkerError::Peer(e)),
-        }
+        };
         unread.pop_front();
         let mut writer = writers.pop().expect("checked above");
         let p = part.clone();
         let l = live.clone();
         let t = tx.clone();
         writing.push_back(writes.spawn_blocking(move || {
-            let r = writer.write_piece(piece, &buf).and_then(|()| {
+            let r = writer.write_verified(&verified).and_then(|()| {
                 let mut part = lock(&p);
                 part.mark(piece)?;
                 Ok(part.have_bytes())
@@ -590,7 +602,7 @@ async fn pull(
                 // Readers waiting on the piece (the gateway) wake on this.
                 t.send_modify(|p| p.have = have);
             });
-            (piece, r, writer, buf)
+            (piece, r, writer, verified.into_buf())
         }));
     }
 }

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
-use warren_content::blob::MAX_ENCODED_PIECE;
+use warren_content::blob::{MAX_ENCODED_PIECE, Need, PieceDecoder, PieceError, VerifiedPiece};
 use warren_content::{ContentId, SignedEntry};
 use warren_net::{Incoming, NetStream};
 use warren_types::NodeId;
@@ -336,21 +336,46 @@ impl BlobClient {
         self.send(OP_PIECE, id, piece).await
     }
 
-    /// Reads the answer to the oldest piece request: `None` if the peer no longer has it.
-    /// The length is checked before anything is allocated.
-    pub(crate) async fn read_piece(&mut self, buf: &mut Vec<u8>) -> Result<bool, PeerError> {
+    /// Reads the answer to the oldest piece request through `decoder`, which checks every
+    /// hash pair and chunk group as it arrives (groups land straight in the piece's
+    /// buffer): the verified piece, or the buffer back if the peer no longer has it. The
+    /// length is checked before anything is read; a piece that does not verify is a
+    /// [`PeerError::Protocol`] (blame the peer).
+    pub(crate) async fn read_piece(
+        &mut self,
+        mut decoder: PieceDecoder,
+    ) -> Result<Option<VerifiedPiece>, PeerError> {
         match self.s.read_u8().await? {
             HAVE => {}
-            MISSING => return Ok(false),
+            MISSING => return Ok(None),
             other => return Err(PeerError::Protocol(format!("status {other}"))),
         }
         let len = u64::from(self.s.read_u32_le().await?);
         if len > MAX_ENCODED_PIECE {
             return Err(PeerError::Protocol(format!("a {len}-byte piece")));
         }
-        buf.resize(len as usize, 0);
-        self.s.read_exact(buf).await?;
-        Ok(true)
+        let bad = |e: PieceError| PeerError::Protocol(e.to_string());
+        let mut left = len as usize;
+        while let Some(need) = decoder.need() {
+            left = left.checked_sub(need.bytes()).ok_or_else(|| {
+                bad(decoder.corrupt(format!("it is {len} bytes, too short for the piece")))
+            })?;
+            match need {
+                Need::Pair => {
+                    let mut pair = [0u8; 64];
+                    self.s.read_exact(&mut pair).await?;
+                    decoder.pair(&pair).map_err(bad)?;
+                }
+                Need::Group(_) => {
+                    self.s.read_exact(decoder.group_slot()).await?;
+                    decoder.group().map_err(bad)?;
+                }
+            }
+        }
+        if left > 0 {
+            return Err(bad(decoder.corrupt(format!("{left} bytes after the piece"))));
+        }
+        Ok(Some(decoder.finish().map_err(bad)?))
     }
 }
 

@@ -497,3 +497,125 @@ async fn the_scrub_removes_a_blob_rotten_on_disk_and_keeps_the_rest() {
     assert_eq!(std::fs::read(kept).unwrap(), bytes((1 << 20) + 1));
     node.shutdown().await;
 }
+
+/// Runs `until` while `fetch` goes on (polling it keeps the download started); a download
+/// that ends first fails the test.
+async fn meanwhile<T>(
+    fetch: std::pin::Pin<&mut impl std::future::Future<Output = Result<u64, String>>>,
+    until: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::select! {
+        r = fetch => panic!("the download ended early: {r:?}"),
+        t = until => t,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_found_in_the_dht_joins_a_download_running_on_a_neighbour() {
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let original = bytes(8 * (1 << 20));
+    let store = |i: usize| {
+        let s = BlobStore::open(dirs[i].path().join("held")).unwrap();
+        s.import_bytes(&original).unwrap();
+        s
+    };
+    let id = ContentId::of(&original);
+    // The DHT key holders announce a blob under (`content::blob_key` in warren-node).
+    let key = [b"warren/blob/".as_slice(), &id.0].concat();
+    let cancel = CancellationToken::new();
+    // Both holders send a piece per permit: the test decides who has sent what, and when.
+    let gated = |gate: &Arc<tokio::sync::Semaphore>| Manner {
+        corrupt: false,
+        pieces: usize::MAX,
+        gate: Some(gate.clone()),
+    };
+
+    // The far holder joins the DHT through a bootstrap node and announces the blob there.
+    let boot = node(&dirs[2], Vec::new()).await;
+    let far_gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (far, _, far_served) = holder(store(0), gated(&far_gate), cancel.clone()).await;
+    far.connect(boot.node_id(), boot.dial_addrs())
+        .await
+        .expect("the far holder reaches the bootstrap node");
+    far.provide(key.clone()).await.unwrap();
+    let announced = tokio::time::timeout(Duration::from_secs(20), async {
+        while !boot
+            .network()
+            .find_providers(key.clone(), 1)
+            .await
+            .unwrap()
+            .contains(&far.local_id())
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        announced.is_ok(),
+        "the far holder's record never reached the DHT"
+    );
+
+    // The fetcher is connected to the near holder and to the bootstrap node, not to the far
+    // holder. It joins by explicit connects, not a bootstrap list, so no DHT query of its own
+    // (which would meet the far holder) runs at start: Kademlia's automatic one follows a new
+    // peer only after half a second, and the download begins at once.
+    let near_gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (near, near_addrs, near_served) = holder(store(1), gated(&near_gate), cancel.clone()).await;
+    let mut config = NodeConfig::new(memory_net(Identity::generate()));
+    config.data_dir = Some(dirs[3].path().to_path_buf());
+    config.api = Some("127.0.0.1:0".parse().unwrap());
+    let fetcher = NodeHandle::spawn(config).await.expect("node starts");
+    let api = fetcher.api_addr().expect("API listening");
+    let net = fetcher.network();
+    net.connect(boot.node_id(), boot.dial_addrs())
+        .await
+        .unwrap();
+    net.connect(near.local_id(), near_addrs).await.unwrap();
+    wait_connected(&fetcher, &[boot.node_id(), near.local_id()]).await;
+    assert!(
+        !net.state().connected.contains(&far.local_id()),
+        "the far holder is already a neighbour, so the test would show nothing"
+    );
+
+    let size = {
+        let fetch = fetcher.fetch(id);
+        tokio::pin!(fetch);
+        // The download runs on the neighbour.
+        near_gate.add_permits(1);
+        meanwhile(fetch.as_mut(), wait_served(&near_served, 1)).await;
+        // The far holder, found through the DHT, joins it and serves a piece.
+        far_gate.add_permits(1);
+        meanwhile(fetch.as_mut(), wait_served(&far_served, 1)).await;
+        // Both hold requests the gates keep waiting: the download's progress names two sources.
+        let status = tokio::time::timeout(
+            Duration::from_secs(10),
+            http_get(api, format!("/api/v1/content/{id}"), None),
+        );
+        let (head, body) = meanwhile(fetch.as_mut(), status)
+            .await
+            .expect("the API answers");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status["fetch"]["state"], "running", "{status}");
+        assert_eq!(status["fetch"]["sources"], 2, "{status}");
+
+        near_gate.add_permits(100);
+        far_gate.add_permits(100);
+        tokio::time::timeout(Duration::from_secs(30), fetch)
+            .await
+            .expect("the download ends")
+            .expect("the download completes")
+    };
+    assert_eq!(size, original.len() as u64);
+    let got = std::fs::read(fetcher.content_path(&id).unwrap()).unwrap();
+    assert!(
+        got == original,
+        "the fetched blob differs from the original"
+    );
+    assert!(near_served.load(Ordering::Relaxed) >= 1);
+    assert!(far_served.load(Ordering::Relaxed) >= 1);
+
+    cancel.cancel();
+    fetcher.shutdown().await;
+    boot.shutdown().await;
+}

@@ -486,17 +486,25 @@ impl PieceDecoder {
     /// # Panics
     /// If the decoder did not ask for a chunk group.
     pub fn group_slot(&mut self) -> &mut [u8] {
-        let Some(&Step::Group {
-            start_chunk, len, ..
-        }) = self.steps.get(self.next)
-        else {
-            panic!(
-                "PieceDecoder::group_slot called when it needs {:?}",
-                self.need()
-            );
-        };
+        let (start_chunk, len, _) = self.next_group("group_slot");
         let at = (start_chunk.to_bytes() - self.offset()) as usize;
         &mut self.buf.window(at + len)[at..]
+    }
+
+    /// The chunk group asked for next: its first chunk, its length, whether it is the whole
+    /// blob.
+    fn next_group(&self, caller: &str) -> (ChunkNum, usize, bool) {
+        match self.steps.get(self.next) {
+            Some(&Step::Group {
+                start_chunk,
+                len,
+                is_root,
+            }) => (start_chunk, len, is_root),
+            _ => panic!(
+                "PieceDecoder::{caller} called when it needs {:?}",
+                self.need()
+            ),
+        }
     }
 
     /// Checks the chunk group read into [`PieceDecoder::group_slot`].
@@ -504,14 +512,7 @@ impl PieceDecoder {
     /// # Panics
     /// If the decoder did not ask for a chunk group.
     pub fn group(&mut self) -> Result<(), PieceError> {
-        let Some(&Step::Group {
-            start_chunk,
-            len,
-            is_root,
-        }) = self.steps.get(self.next)
-        else {
-            panic!("PieceDecoder::group called when it needs {:?}", self.need());
-        };
+        let (start_chunk, len, is_root) = self.next_group("group");
         let want = self.stack.pop().expect("need() checked the stack");
         let at = (start_chunk.to_bytes() - self.offset()) as usize;
         let data = &self.buf.window_ref(at + len)[at..];

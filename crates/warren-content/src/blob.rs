@@ -81,26 +81,13 @@ fn check_piece(size: u64, piece: u64) -> Result<(), PieceError> {
     Ok(())
 }
 
-/// Encodes piece `piece` of a blob from its data and post-order outboard, as they are, and
-/// appends it to `out`: the holder trusts what it verified when it took the blob in (hashed
-/// whole on import, piece by piece on download), and the receiver checks every chunk group
-/// anyway. Rot on the holder's disk is found by the receiver (which refuses the piece) and
-/// by the holder's scrub ([`crate::BlobStore::verify`]).
-pub fn encode_piece<D: ReadAt + Size, O: ReadAt>(
-    id: ContentId,
-    size: u64,
-    data: D,
-    outboard: O,
-    piece: u64,
-    out: &mut Vec<u8>,
-) -> Result<(), PieceError> {
-    let start = out.len();
-    encode_piece_at(id, size, data, outboard, piece, out, start)
-}
-
-/// [`encode_piece`] written over `out` from `start` on (at most `out.len()`), reusing the
-/// bytes there, and `out` cut to the piece's end: a buffer reused from piece to piece is
-/// not cleared first (a piece is a megabyte of zeroes).
+/// Encodes piece `piece` of a blob from its data and post-order outboard, as they are,
+/// over `out` from `start` on (at most `out.len()`), reusing the bytes there, and cuts `out`
+/// to the piece's end: a buffer reused from piece to piece is not cleared first (a piece is
+/// a megabyte of zeroes). The holder trusts what it verified when it took the blob in
+/// (hashed whole on import, piece by piece on download), and the receiver checks every
+/// chunk group anyway. Rot on the holder's disk is found by the receiver (which refuses the
+/// piece) and by the holder's scrub ([`crate::BlobStore::verify`]).
 ///
 /// The output is bao-tree's `encode_ranges` byte for byte. Each chunk group is read
 /// straight into `out`, and the piece's hashes with one read per run of adjacent ones.
@@ -116,55 +103,51 @@ pub fn encode_piece_at<D: ReadAt + Size, O: ReadAt>(
     assert!(start <= out.len(), "encode_piece_at: start past the buffer");
     check_piece(size, piece)?;
     let tree = tree(size);
-    let chunks = piece_chunks(size, piece);
-    let ranges = bao_tree::io::sync::truncate_ranges(&chunks, size);
     let corrupt = |reason: String| PieceError::Corrupt { piece, reason };
-    let nodes: Vec<TreeNode> = tree
-        .ranges_pre_order_chunks_iter_ref(ranges, 0)
-        .filter_map(|item| match item {
-            BaoChunk::Parent { node, .. } => Some(node),
-            BaoChunk::Leaf { .. } => None,
+    let steps = steps(tree, size, piece);
+    if steps
+        .iter()
+        .any(|s| matches!(s, Step::Group { whole: false, .. }))
+    {
+        // Part of a chunk group (not at a piece's bounds): the library's encoder.
+        out.truncate(start);
+        let outboard = PostOrderOutboard {
+            root: blake3::Hash::from_bytes(id.0),
+            tree,
+            data: outboard,
+        };
+        let chunks = piece_chunks(size, piece);
+        return bao_tree::io::sync::encode_ranges(data, outboard, &chunks, out).map_err(
+            |e| match e {
+                EncodeError::Io(e) => PieceError::Io(e),
+                other => corrupt(other.to_string()),
+            },
+        );
+    }
+    let nodes: Vec<TreeNode> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Pair { node, .. } => Some(*node),
+            Step::Group { .. } => None,
         })
         .collect();
     let mut pairs = read_pairs(tree, &outboard, &nodes)?.into_iter();
     let mut at = start;
-    for item in tree.ranges_pre_order_chunks_iter_ref(ranges, 0) {
-        let len = match &item {
-            BaoChunk::Parent { .. } => 64,
-            BaoChunk::Leaf { size, .. } => *size,
-        };
+    for step in steps {
+        let len = step.bytes();
         if out.len() < at + len {
             out.resize(at + len, 0);
         }
         let slot = &mut out[at..at + len];
-        match item {
-            BaoChunk::Parent { node, .. } => {
+        match step {
+            Step::Pair { node, .. } => {
                 let pair = pairs.next().flatten();
                 slot.copy_from_slice(
                     &pair.ok_or_else(|| corrupt(format!("no hashes for node {node:?}")))?,
                 );
             }
-            BaoChunk::Leaf {
-                start_chunk,
-                ranges,
-                ..
-            } if ranges.is_all() => {
+            Step::Group { start_chunk, .. } => {
                 data.read_exact_at(start_chunk.to_bytes(), slot)?;
-            }
-            BaoChunk::Leaf { .. } => {
-                // Part of a chunk group (not at a piece's bounds): the library's encoder.
-                out.truncate(start);
-                let outboard = PostOrderOutboard {
-                    root: blake3::Hash::from_bytes(id.0),
-                    tree,
-                    data: outboard,
-                };
-                return bao_tree::io::sync::encode_ranges(data, outboard, &chunks, out).map_err(
-                    |e| match e {
-                        EncodeError::Io(e) => PieceError::Io(e),
-                        other => corrupt(other.to_string()),
-                    },
-                );
             }
         }
         at += len;
@@ -360,7 +343,52 @@ enum Step {
         start_chunk: ChunkNum,
         len: usize,
         is_root: bool,
+        /// The whole group is asked for (always, for a piece's ranges).
+        whole: bool,
     },
+}
+
+impl Step {
+    /// Its encoded length.
+    fn bytes(self) -> usize {
+        match self {
+            Step::Pair { .. } => 64,
+            Step::Group { len, .. } => len,
+        }
+    }
+}
+
+/// The steps of piece `piece`'s encoding.
+fn steps(tree: BaoTree, size: u64, piece: u64) -> Vec<Step> {
+    let chunks = piece_chunks(size, piece);
+    let ranges = bao_tree::io::sync::truncate_ranges(&chunks, size);
+    tree.ranges_pre_order_chunks_iter_ref(ranges, 0)
+        .map(|item| match item {
+            BaoChunk::Parent {
+                node,
+                is_root,
+                left,
+                right,
+                ..
+            } => Step::Pair {
+                node,
+                is_root,
+                left,
+                right,
+            },
+            BaoChunk::Leaf {
+                start_chunk,
+                size,
+                is_root,
+                ranges,
+            } => Step::Group {
+                start_chunk,
+                len: size,
+                is_root,
+                whole: ranges.is_all(),
+            },
+        })
+        .collect()
 }
 
 /// Verifies one piece as its bao-tree encoding arrives, without I/O: the caller reads
@@ -394,35 +422,7 @@ impl PieceDecoder {
     ) -> Result<PieceDecoder, PieceError> {
         check_piece(size, piece)?;
         let tree = tree(size);
-        let chunks = piece_chunks(size, piece);
-        let ranges = bao_tree::io::sync::truncate_ranges(&chunks, size);
-        let steps = tree
-            .ranges_pre_order_chunks_iter_ref(ranges, 0)
-            .map(|item| match item {
-                BaoChunk::Parent {
-                    node,
-                    is_root,
-                    left,
-                    right,
-                    ..
-                } => Step::Pair {
-                    node,
-                    is_root,
-                    left,
-                    right,
-                },
-                BaoChunk::Leaf {
-                    start_chunk,
-                    size,
-                    is_root,
-                    ..
-                } => Step::Group {
-                    start_chunk,
-                    len: size,
-                    is_root,
-                },
-            })
-            .collect();
+        let steps = steps(tree, size, piece);
         Ok(PieceDecoder {
             id,
             size,
@@ -499,6 +499,7 @@ impl PieceDecoder {
                 start_chunk,
                 len,
                 is_root,
+                ..
             }) => (start_chunk, len, is_root),
             _ => panic!(
                 "PieceDecoder::{caller} called when it needs {:?}",

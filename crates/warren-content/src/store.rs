@@ -240,7 +240,7 @@ impl BlobStore {
     }
 
     /// Encodes piece `piece` of a complete blob for a peer, as held (see
-    /// [`blob::encode_piece`]; [`BlobStore::verify`] finds rot).
+    /// [`blob::encode_piece_at`]; [`BlobStore::verify`] finds rot).
     pub fn encode_piece(&self, id: &ContentId, piece: u64) -> Result<Vec<u8>, StoreError> {
         let mut out = Vec::new();
         self.encode_piece_at(id, piece, &mut out, 0)?;

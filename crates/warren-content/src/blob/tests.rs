@@ -17,7 +17,7 @@ fn outboard_of(bytes: &[u8]) -> (ContentId, Vec<u8>) {
 fn encoded(bytes: &[u8], piece: u64) -> (ContentId, Vec<u8>) {
     let (id, ob) = outboard_of(bytes);
     let mut out = Vec::new();
-    encode_piece(id, bytes.len() as u64, bytes, &ob[..], piece, &mut out).unwrap();
+    encode_piece_at(id, bytes.len() as u64, bytes, &ob[..], piece, &mut out, 0).unwrap();
     (id, out)
 }
 
@@ -95,7 +95,7 @@ fn a_rotten_blob_is_served_as_held_and_refused_by_the_receiver() {
     bytes[PIECE_BYTES as usize + 50] ^= 1;
     let size = bytes.len() as u64;
     let mut out = Vec::new();
-    encode_piece(id, size, &bytes[..], &ob[..], 1, &mut out).unwrap();
+    encode_piece_at(id, size, &bytes[..], &ob[..], 1, &mut out, 0).unwrap();
     let mut target = vec![0u8; bytes.len()];
     assert!(matches!(
         decode_piece(id, size, 1, &out, &mut target[..]),
@@ -103,7 +103,7 @@ fn a_rotten_blob_is_served_as_held_and_refused_by_the_receiver() {
     ));
     // The good piece beside it still passes.
     out.clear();
-    encode_piece(id, size, &bytes[..], &ob[..], 0, &mut out).unwrap();
+    encode_piece_at(id, size, &bytes[..], &ob[..], 0, &mut out, 0).unwrap();
     decode_piece(id, size, 0, &out, &mut target[..]).unwrap();
 }
 
@@ -159,7 +159,7 @@ fn encode_piece_writes_the_library_encoding_byte_for_byte() {
             let chunks = piece_chunks(size, piece);
             bao_tree::io::sync::encode_ranges(&bytes[..], outboard, &chunks, &mut want).unwrap();
             let mut got = b"head".to_vec();
-            encode_piece(id, size, &bytes[..], &ob[..], piece, &mut got).unwrap();
+            encode_piece_at(id, size, &bytes[..], &ob[..], piece, &mut got, 4).unwrap();
             assert_eq!(&got[..4], b"head", "size {size} piece {piece}");
             assert!(got[4..] == want[..], "size {size} piece {piece}");
         }

@@ -5,8 +5,8 @@
 //! A download starts as soon as one connected peer has it; holders the DHT names join it
 //! as they answer, up to six sources.
 //! One worker per source takes the next missing piece from a shared queue, keeping four
-//! pieces under way (asked for on its stream, or being verified and written, two at once
-//! while it reads the next); at the end, a source with nothing left to take asks for pieces
+//! pieces under way (asked for on its stream, or being written, two at once while it
+//! reads and verifies the next); at the end, a source with nothing left to take asks for pieces
 //! still in flight elsewhere. A piece that does not verify is thrown away, the peer
 //! is penalised and dropped, and the piece goes back into the queue for the others. The
 //! download lives in the store's `.part`/`.have` files, so it resumes after a restart.
@@ -39,10 +39,9 @@ use super::{Content, blob_key, blocking, lock};
 const MAX_SOURCES: usize = 6;
 /// Most peers asked whether they hold a blob.
 const MAX_PROBES: usize = 32;
-/// Pieces each source has under way: asked for on its stream, or being verified and
-/// written.
+/// Pieces each source has under way: asked for on its stream, or being written.
 const PIPELINE: usize = 4;
-/// Pieces each source verifies and writes at once while it reads the next.
+/// Pieces each source writes at once while it reads and verifies the next.
 const WRITES: usize = 2;
 /// Rounds of looking for sources before a download gives up.
 const ROUNDS: usize = 6;

@@ -12,6 +12,7 @@ use libp2p::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::gossip::Gossip;
 use crate::{NetConfig, SpawnError, TransportKind};
 
 pub(crate) const IDENTIFY_PROTOCOL: &str = "/warren/1.0.0";
@@ -92,7 +93,7 @@ pub(crate) struct Behaviour {
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
-    pub gossipsub: gossipsub::Behaviour,
+    pub gossipsub: Gossip,
     pub pull: request_response::cbor::Behaviour<PullRequest, PullResponse>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub autonat: Toggle<autonat::Behaviour>,
@@ -116,6 +117,9 @@ fn make_behaviour(
     let mut kad_config = kad::Config::new(KAD_PROTOCOL);
     kad_config.set_periodic_bootstrap_interval(config.kad_bootstrap_interval);
     kad_config.set_query_timeout(KAD_QUERY_TIMEOUT);
+    // The swarm task decides what enters the routing table (`SwarmTask::add_route`):
+    // Kademlia's own inserts dial old entries whenever a bucket is full.
+    kad_config.set_kbucket_inserts(kad::BucketInserts::Manual);
     let store = kad::store::MemoryStore::with_config(
         peer_id,
         kad::store::MemoryStoreConfig {
@@ -191,7 +195,7 @@ fn make_behaviour(
                 .with_timeout(Duration::from_secs(10)),
         ),
         kad,
-        gossipsub,
+        gossipsub: Gossip::new(gossipsub),
         pull,
         mdns: mdns.into(),
         autonat: config

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod behaviour;
+mod gossip;
 mod score;
 mod streams;
 mod task;
@@ -74,6 +75,9 @@ pub struct NetConfig {
     /// How often Kademlia refreshes its routing table; `None` turns it off.
     pub kad_bootstrap_interval: Option<Duration>,
     pub gossip_heartbeat: Duration,
+    /// How long a connection stays open once nothing uses it: no stream (sessions, flows,
+    /// fetches, lookups), no gossip mesh, no relay reservation. A Kademlia lookup leaves a
+    /// trail of such connections behind it.
     pub idle_connection_timeout: Duration,
 }
 
@@ -93,7 +97,7 @@ impl NetConfig {
             autonat: true,
             kad_bootstrap_interval: Some(Duration::from_secs(300)),
             gossip_heartbeat: Duration::from_secs(1),
-            idle_connection_timeout: Duration::from_secs(120),
+            idle_connection_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -121,9 +125,13 @@ pub struct NetState {
     pub listen_addrs: Vec<String>,
     pub connected: Vec<NodeId>,
     pub reachability: Reachability,
-    /// Peers worth remembering across restarts (bounded).
-    pub known_peers: Vec<KnownPeer>,
+    /// Peers worth remembering across restarts (bounded), most recently seen first.
+    /// Shared, as it is rebuilt far less often than the rest changes.
+    pub known_peers: Arc<Vec<KnownPeer>>,
     pub banned: Vec<NodeId>,
+    /// Connections established since the node started, in either direction. A network
+    /// that has formed and idles should stop adding to it.
+    pub connections_opened: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +168,7 @@ pub(crate) enum Command {
         reply: tokio::sync::oneshot::Sender<Vec<NodeId>>,
     },
     Penalise(NodeId),
+    KnownPeers(tokio::sync::oneshot::Sender<Arc<Vec<KnownPeer>>>),
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -315,6 +324,19 @@ impl Network {
 
     pub fn state(&self) -> NetState {
         self.state.borrow().clone()
+    }
+
+    /// The peers worth remembering, as of now: [`NetState::known_peers`] is rebuilt at
+    /// most once a second, so a node that saves its peer cache on the way out asks here.
+    /// Once the network task has stopped, the last published list.
+    pub async fn known_peers(&self) -> Arc<Vec<KnownPeer>> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if self.commands.send(Command::KnownPeers(reply)).await.is_ok()
+            && let Ok(known) = rx.await
+        {
+            return known;
+        }
+        self.state.borrow().known_peers.clone()
     }
 
     /// A receiver that wakes on every change of the swarm's state.

@@ -23,8 +23,8 @@ use tracing::{debug, info, warn};
 use warren_types::NodeId;
 
 use crate::behaviour::{
-    Behaviour, BehaviourEvent, MAX_PULL_OFFERS, OFFER_TOPIC, PullRequest, PullResponse,
-    build_swarm, offer_digest, serde_bytes_vec::Bytes,
+    Behaviour, BehaviourEvent, KAD_PROTOCOL, MAX_PULL_OFFERS, OFFER_TOPIC, PullRequest,
+    PullResponse, build_swarm, offer_digest, serde_bytes_vec::Bytes,
 };
 use crate::score::{PeerScores, ScoreChange};
 use crate::{
@@ -36,6 +36,8 @@ use crate::{
 const MAX_KNOWN_PEERS: usize = 256;
 /// Addresses remembered per peer.
 const MAX_ADDRS_PER_PEER: usize = 8;
+/// The known-peer list is rebuilt at most this often; the swarm task's tick.
+const KNOWN_EVERY: Duration = Duration::from_secs(1);
 /// Cached peers dialled at start.
 const MAX_CACHED_DIALS: usize = 16;
 /// Relays a node behind NAT reserves a slot on.
@@ -109,6 +111,9 @@ pub(crate) struct SwarmTask {
     reservations: HashSet<PeerId>,
     topic: gossipsub::TopicHash,
     dirty: bool,
+    /// `known` changed since [`NetState::known_peers`] was last built, at `known_built`.
+    known_dirty: bool,
+    known_built: Instant,
     /// Node ids of peers met, so a key is decoded and checked once, not on every event.
     ids: HashMap<PeerId, Option<NodeId>>,
     /// Turns the anti-entropy pull over the connected peers.
@@ -158,6 +163,8 @@ impl SwarmTask {
             reservations: HashSet::new(),
             topic: gossipsub::IdentTopic::new(OFFER_TOPIC).hash(),
             dirty: true,
+            known_dirty: false,
+            known_built: Instant::now(),
             ids: HashMap::new(),
             repulls: 0,
             connecting: HashMap::new(),
@@ -208,7 +215,7 @@ impl SwarmTask {
                 .iter()
                 .filter_map(|a| a.parse::<Multiaddr>().ok())
             {
-                task.swarm.behaviour_mut().kad.add_address(&pid, a.clone());
+                task.add_route(&pid, a.clone());
                 task.remember(pid, a);
             }
             if pid != *task.swarm.local_peer_id() {
@@ -223,7 +230,7 @@ impl SwarmTask {
     }
 
     pub(crate) async fn run(mut self, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(KNOWN_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut repull =
             tokio::time::interval_at(tokio::time::Instant::now() + REPULL_EVERY, REPULL_EVERY);
@@ -244,21 +251,17 @@ impl SwarmTask {
         debug!("network task stopped");
     }
 
+    /// Publishes the connected and banned peers, and the known-peer list when it changed
+    /// and was last rebuilt at least [`KNOWN_EVERY`] ago: connection events come by the
+    /// hundred a second while a network forms, and the list (sorted, addresses as text) is
+    /// only read by the peer cache.
     fn publish_state(&mut self) {
         self.dirty = false;
         let now = Instant::now();
+        if self.known_dirty && now.duration_since(self.known_built) >= KNOWN_EVERY {
+            self.rebuild_known(now);
+        }
         let ids = &mut self.ids;
-        let mut known: Vec<(&PeerId, &Known)> = self.known.iter().collect();
-        known.sort_by_key(|(_, k)| std::cmp::Reverse(k.last_seen));
-        self.state.known_peers = known
-            .into_iter()
-            .filter_map(|(p, k)| {
-                Some(KnownPeer {
-                    id: cached_node(ids, p)?,
-                    addrs: k.addrs.iter().map(ToString::to_string).collect(),
-                })
-            })
-            .collect();
         self.state.connected = self
             .swarm
             .connected_peers()
@@ -273,7 +276,28 @@ impl SwarmTask {
         let _ = self.state_tx.send(self.state.clone());
     }
 
+    fn rebuild_known(&mut self, now: Instant) {
+        self.known_dirty = false;
+        self.known_built = now;
+        let ids = &mut self.ids;
+        let mut known: Vec<(&PeerId, &Known)> = self.known.iter().collect();
+        known.sort_by_key(|(_, k)| std::cmp::Reverse(k.last_seen));
+        self.state.known_peers = Arc::new(
+            known
+                .into_iter()
+                .filter_map(|(p, k)| {
+                    Some(KnownPeer {
+                        id: cached_node(ids, p)?,
+                        addrs: k.addrs.iter().map(ToString::to_string).collect(),
+                    })
+                })
+                .collect(),
+        );
+    }
+
     fn on_tick(&mut self) {
+        // A known-peer change held back by `publish_state` goes out now.
+        self.dirty |= self.known_dirty;
         for peer in self.scores.expire_bans(Instant::now()) {
             self.swarm.behaviour_mut().blocked.unblock_peer(peer);
             self.dirty = true;
@@ -306,15 +330,29 @@ impl SwarmTask {
         self.pull_from(peers[self.repulls % peers.len()]);
     }
 
+    /// Puts `peer` in the DHT routing table at `addr`, unless its bucket is full. Into a
+    /// full bucket Kademlia would dial the bucket's oldest disconnected entry to see
+    /// whether it still answers; with idle connections closed most entries are
+    /// disconnected, and each such dial made the other side do the same on identify, so
+    /// one connection begot the next for as long as the network ran. Entries that stop
+    /// answering leave the table as lookups fail to reach them, which makes room.
+    fn add_route(&mut self, peer: &PeerId, addr: Multiaddr) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let room = kad.kbucket(*peer).is_some_and(|bucket| {
+            bucket.num_entries() < kad::K_VALUE.get()
+                || bucket.iter().any(|e| e.node.key.preimage() == peer)
+        });
+        if room {
+            kad.add_address(peer, addr);
+        }
+    }
+
     fn dial(&mut self, addr: Multiaddr) {
         if let Some(pid) = peer_of(&addr) {
             if pid == *self.swarm.local_peer_id() {
                 return;
             }
-            self.swarm
-                .behaviour_mut()
-                .kad
-                .add_address(&pid, addr.clone());
+            self.add_route(&pid, addr.clone());
         }
         if let Err(e) = self.swarm.dial(addr) {
             debug!("dial failed: {e}");
@@ -346,7 +384,7 @@ impl SwarmTask {
             entry.addrs.insert(0, addr);
             entry.addrs.truncate(MAX_ADDRS_PER_PEER);
         }
-        self.dirty = true;
+        self.known_dirty = true;
     }
 
     /// A control for raw streams over this swarm's connections.
@@ -372,7 +410,7 @@ impl SwarmTask {
         // QUIC first: it carries many flows without head-of-line blocking.
         addrs.sort_by_key(|a| !a.iter().any(|p| matches!(p, Protocol::QuicV1)));
         for a in &addrs {
-            self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
+            self.add_route(&peer, a.clone());
         }
         let opts = DialOpts::peer_id(peer)
             .addresses(addrs)
@@ -431,6 +469,13 @@ impl SwarmTask {
                 self.swarm.behaviour_mut().kad.stop_providing(&key);
             }
             Command::FindProviders { key, limit, reply } => self.find_providers(key, limit, reply),
+            Command::KnownPeers(reply) => {
+                if self.known_dirty {
+                    self.rebuild_known(Instant::now());
+                    self.dirty = true;
+                }
+                let _ = reply.send(self.state.known_peers.clone());
+            }
             Command::Penalise(node) => match node_to_peer(&node) {
                 Some(peer) if peer != *self.swarm.local_peer_id() => self.penalise(peer),
                 _ => debug!(%node, "not penalising this node or a non-peer"),
@@ -685,6 +730,7 @@ impl SwarmTask {
                 for reply in self.connecting.remove(&peer_id).unwrap_or_default() {
                     let _ = reply.send(Ok(()));
                 }
+                self.state.connections_opened += 1;
                 if num_established.get() == 1 {
                     debug!(%peer_id, "connected; pulling its offers");
                     self.pull_from(peer_id);
@@ -805,14 +851,15 @@ impl SwarmTask {
                 debug!(%peer, "offer pull failed: {error}");
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                // Only peers that answer DHT queries belong in the routing table.
+                let dht = info.protocols.contains(&KAD_PROTOCOL);
                 for addr in info.listen_addrs.iter().take(MAX_ADDRS_PER_PEER) {
                     if addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
                         continue;
                     }
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer_id, addr.clone());
+                    if dht {
+                        self.add_route(&peer_id, addr.clone());
+                    }
                     self.remember(peer_id, addr.clone());
                 }
                 if info
@@ -828,10 +875,7 @@ impl SwarmTask {
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer, addr.clone());
+                    self.add_route(&peer, addr.clone());
                     // Both ends of a LAN usually discover each other in the same
                     // instant. Dialling from the listen port would let the two SYNs
                     // cross into one TCP connection where both sides are initiator and

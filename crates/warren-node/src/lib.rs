@@ -700,7 +700,7 @@ impl NodeHandle {
         // no failover starts while the network goes down.
         self.shared.consumer.disconnect().await;
         self.stop_announcing().await;
-        let known = self.shared.net.state().known_peers;
+        let known = self.shared.net.known_peers().await;
         self.cancel.cancel();
         for t in self.tasks {
             let _ = t.await;

@@ -62,7 +62,7 @@ pub(crate) async fn save_loop(
     state: watch::Receiver<NetState>,
     cancel: CancellationToken,
 ) {
-    let mut last: Vec<KnownPeer> = Vec::new();
+    let mut last: std::sync::Arc<Vec<KnownPeer>> = Default::default();
     let mut tick = tokio::time::interval(SAVE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

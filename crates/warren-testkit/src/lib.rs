@@ -69,11 +69,20 @@ impl TestNet {
     /// Starts `shape.nodes` nodes; node `i` bootstraps through node `i - 1` and through
     /// `degree - 1` other random earlier nodes.
     pub async fn spawn(shape: Shape) -> Result<TestNet, StartError> {
+        Self::spawn_tuned(shape, |_| {}).await
+    }
+
+    /// [`TestNet::spawn`], with `tune` applied to each node's network settings.
+    pub async fn spawn_tuned(
+        shape: Shape,
+        tune: impl Fn(&mut NetConfig),
+    ) -> Result<TestNet, StartError> {
         let mut nodes: Vec<NodeHandle> = Vec::with_capacity(shape.nodes);
         let mut providers = Vec::new();
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         for i in 0..shape.nodes {
             let mut net = memory_net(Identity::generate());
+            tune(&mut net);
             if i > 0 {
                 let mut targets = vec![i - 1];
                 for _ in 1..shape.degree.min(i) {

@@ -364,10 +364,16 @@ async fn run_once(
             let now = proc_stat::cpu_secs();
             quiet = if now - last < 0.25 { quiet + 1 } else { 0 };
             if progress {
+                let peers: usize = net
+                    .nodes
+                    .iter()
+                    .map(|n| n.network().state().connected.len())
+                    .sum();
                 eprintln!(
-                    "  [settling {:5.1}s] {:.2} CPU s in the last second",
+                    "  [settling {:5.1}s] {:.2} CPU s in the last second; {:.1} peers a node",
                     began.elapsed().as_secs_f64(),
-                    now - last
+                    now - last,
+                    peers as f64 / net.nodes.len() as f64
                 );
             }
             last = now;

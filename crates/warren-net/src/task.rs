@@ -36,8 +36,15 @@ use crate::{
 const MAX_KNOWN_PEERS: usize = 256;
 /// Addresses remembered per peer.
 const MAX_ADDRS_PER_PEER: usize = 8;
-/// The known-peer list is rebuilt at most this often; the swarm task's tick.
-const KNOWN_EVERY: Duration = Duration::from_secs(1);
+/// With fewer peers than this, a node dials its bootstrap and cached peers again, at most
+/// once every [`REJOIN_EVERY`].
+const MIN_PEERS: usize = 4;
+const REJOIN_EVERY: Duration = Duration::from_secs(5);
+/// The swarm task's tick (ban expiry, rejoining, held-back state).
+const TICK: Duration = Duration::from_secs(1);
+/// The published known-peer list is rebuilt at most this often (the peer cache reads it
+/// every 30 s, and asks for a fresh one on shutdown).
+const KNOWN_EVERY: Duration = Duration::from_secs(5);
 /// Cached peers dialled at start.
 const MAX_CACHED_DIALS: usize = 16;
 /// Relays a node behind NAT reserves a slot on.
@@ -114,6 +121,9 @@ pub(crate) struct SwarmTask {
     /// `known` changed since [`NetState::known_peers`] was last built, at `known_built`.
     known_dirty: bool,
     known_built: Instant,
+    /// The bootstrap addresses, dialled again while the node has too few peers.
+    bootstrap: Vec<Multiaddr>,
+    rejoined: Instant,
     /// Node ids of peers met, so a key is decoded and checked once, not on every event.
     ids: HashMap<PeerId, Option<NodeId>>,
     /// Turns the anti-entropy pull over the connected peers.
@@ -165,6 +175,8 @@ impl SwarmTask {
             dirty: true,
             known_dirty: false,
             known_built: Instant::now(),
+            bootstrap: Vec::new(),
+            rejoined: Instant::now(),
             ids: HashMap::new(),
             repulls: 0,
             connecting: HashMap::new(),
@@ -204,6 +216,7 @@ impl SwarmTask {
 
         for text in &config.bootstrap {
             let addr = parse_addr(text)?;
+            task.bootstrap.push(addr.clone());
             task.dial(addr);
         }
         for peer in config.known_peers.iter().take(MAX_CACHED_DIALS) {
@@ -230,7 +243,7 @@ impl SwarmTask {
     }
 
     pub(crate) async fn run(mut self, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(KNOWN_EVERY);
+        let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut repull =
             tokio::time::interval_at(tokio::time::Instant::now() + REPULL_EVERY, REPULL_EVERY);
@@ -298,9 +311,61 @@ impl SwarmTask {
     fn on_tick(&mut self) {
         // A known-peer change held back by `publish_state` goes out now.
         self.dirty |= self.known_dirty;
-        for peer in self.scores.expire_bans(Instant::now()) {
+        let now = Instant::now();
+        for peer in self.scores.expire_bans(now) {
             self.swarm.behaviour_mut().blocked.unblock_peer(peer);
             self.dirty = true;
+        }
+        if now.duration_since(self.rejoined) >= REJOIN_EVERY {
+            self.rejoined = now;
+            self.rejoin();
+        }
+    }
+
+    /// A node left with fewer than [`MIN_PEERS`] peers (its gossip mesh pruned it, its
+    /// peers went away, idle connections closed) dials its bootstrap peers and the most
+    /// recently seen cached peers it is not connected to. Nothing else would: gossipsub
+    /// never dials, and Kademlia only while a lookup runs.
+    fn rejoin(&mut self) {
+        let connected = self.swarm.connected_peers().count();
+        if connected >= MIN_PEERS {
+            return;
+        }
+        let local = *self.swarm.local_peer_id();
+        let mut dials = 0;
+        for addr in self.bootstrap.clone() {
+            let opts = match peer_of(&addr) {
+                Some(p) if p == local || self.swarm.is_connected(&p) => continue,
+                Some(p) => DialOpts::peer_id(p)
+                    .addresses(vec![addr])
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build(),
+                // Without a peer id there is no telling whether it is connected already.
+                None if connected > 0 => continue,
+                None => DialOpts::unknown_peer_id().address(addr).build(),
+            };
+            dials += usize::from(self.swarm.dial(opts).is_ok());
+        }
+        let mut cached: Vec<(Instant, PeerId)> = self
+            .known
+            .iter()
+            .filter(|(p, _)| **p != local && !self.swarm.is_connected(p))
+            .map(|(p, k)| (k.last_seen, *p))
+            .collect();
+        cached.sort_by_key(|(seen, _)| std::cmp::Reverse(*seen));
+        for (_, peer) in cached.into_iter().take(MIN_PEERS) {
+            let addrs = self.known[&peer].addrs.clone();
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            dials += usize::from(self.swarm.dial(opts).is_ok());
+        }
+        if dials > 0 {
+            debug!(
+                connected,
+                dials, "too few peers; dialling bootstrap and cached peers"
+            );
         }
     }
 

@@ -31,7 +31,7 @@ bench-offers: Warren's offer-market benchmarks (SPEC §8)
 USAGE:
   bench-offers [offers] [--nodes LIST] [--providers-ratio R] [--min-providers K]
                [--providers K] [--degree D] [--timeout SECS] [--target SECS]
-               [--workers N] [--progress]
+               [--workers N] [--settle SECS] [--progress]
   bench-offers idle-memory --warren PATH [--idle SECS] [--target-mib MIB]
 
 offers (default mode): for each N in LIST, spawn N in-process nodes on the memory
@@ -44,6 +44,8 @@ transport and time until every node holds every provider's offer.
   --timeout SECS        give up waiting for convergence after SECS [default: 120]
   --target SECS         the target, applied to every N (SPEC: 1,000 nodes) [default: 10]
   --workers N           tokio worker threads [default: number of cores]
+  --settle SECS         let the network form first, for at most SECS; 0 sells from
+                        spawn on                                    [default: 400]
   --progress            print how many nodes have every offer, once a second
 
 idle-memory: start one `warren node` on loopback (no mDNS), let it idle, read its
@@ -120,7 +122,7 @@ impl OffersArgs {
             target: Duration::from_secs(10),
             workers: None,
             progress: false,
-            settle: Duration::from_secs(30),
+            settle: Duration::from_secs(400),
         };
         let mut i = 0;
         while i < args.len() {
@@ -208,8 +210,8 @@ fn offers_main(args: &[String]) -> Result<(), String> {
         );
     } else {
         println!(
-            "offers: the network forms first (spawn, then until the process is quiet, at \
-             most {:.0} s); then the providers start selling. total = from that start until the last node holds \
+            "offers: the network forms first (spawn, then until it stops making and closing \
+             connections, at most {:.0} s); then the providers start selling. total = from that start until the last node holds \
              every offer. The target ({:.0} s) is compared with total.",
             args.settle.as_secs_f64(),
             args.target.as_secs_f64()
@@ -291,9 +293,9 @@ impl Run {
                 "offers:   the network settled for {:.1}s before the providers started ({})",
                 took.as_secs_f64(),
                 if quiet {
-                    "quiet: under 0.25 CPU s/s for 3 s"
+                    "formed: at most 1 connection made and 1 closed a second per 100 nodes, for 3 s"
                 } else {
-                    "NOT quiet: hit the --settle limit"
+                    "NOT formed: hit the --settle limit"
                 }
             );
         }
@@ -356,27 +358,43 @@ async fn run_once(
         // Let Kademlia and the gossipsub meshes form, so what follows measures offers
         // spreading through a market that exists: wait until the process has been quiet
         // (under a quarter of a core) for 3 seconds in a row, for at most `settle`.
+        // Formed: for 3 s in a row, the whole network made at most one new connection a
+        // second per 100 nodes and closed about as few (DHT bootstraps done, and the
+        // connections their lookups left behind closed once idle).
         let began = Instant::now();
-        let mut last = proc_stat::cpu_secs();
+        let count = |net: &TestNet| -> (u64, usize) {
+            net.nodes.iter().fold((0, 0), |(opened, peers), n| {
+                let s = n.network().state();
+                (opened + s.connections_opened, peers + s.connected.len())
+            })
+        };
+        let calm = (shape.nodes as u64 / 100).max(1);
+        let mut last_cpu = proc_stat::cpu_secs();
+        let (mut last_opened, mut last_peers) = count(&net);
         let mut quiet = 0;
         while quiet < 3 && began.elapsed() < settle {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let now = proc_stat::cpu_secs();
-            quiet = if now - last < 0.25 { quiet + 1 } else { 0 };
+            let cpu = proc_stat::cpu_secs();
+            let (opened, peers) = count(&net);
+            let made = opened - last_opened;
+            // Each connection counts at both ends.
+            let closed = (last_peers + 2 * made as usize).saturating_sub(peers) / 2;
+            quiet = if made <= calm && closed as u64 <= calm {
+                quiet + 1
+            } else {
+                0
+            };
             if progress {
-                let peers: usize = net
-                    .nodes
-                    .iter()
-                    .map(|n| n.network().state().connected.len())
-                    .sum();
                 eprintln!(
-                    "  [settling {:5.1}s] {:.2} CPU s in the last second; {:.1} peers a node",
+                    "  [settling {:5.1}s] {:.2} CPU s in the last second; connections made \
+                     {made}, closed {closed}; {:.1} peers a node",
                     began.elapsed().as_secs_f64(),
-                    now - last,
+                    cpu - last_cpu,
                     peers as f64 / net.nodes.len() as f64
                 );
             }
-            last = now;
+            last_cpu = cpu;
+            (last_opened, last_peers) = (opened, peers);
         }
         settled = Some((began.elapsed(), quiet >= 3));
         start = Instant::now();

@@ -234,7 +234,7 @@ mod tests {
     where
         B::ToSwarm: std::fmt::Debug,
     {
-        let port = rand_port();
+        let port = next_port();
         a.listen_on(format!("/memory/{port}").parse().unwrap())
             .unwrap();
         b.dial(
@@ -271,7 +271,8 @@ mod tests {
         }
     }
 
-    fn rand_port() -> u64 {
+    /// A `/memory` port no other swarm in this test binary uses.
+    fn next_port() -> u64 {
         use std::sync::atomic::{AtomicU64, Ordering};
         static NEXT: AtomicU64 = AtomicU64::new(1 << 40);
         NEXT.fetch_add(1, Ordering::Relaxed)

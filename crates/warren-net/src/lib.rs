@@ -100,6 +100,21 @@ impl NetConfig {
             idle_connection_timeout: Duration::from_secs(30),
         }
     }
+
+    /// Settings for a node on the in-process memory transport (tests, simulations): a
+    /// listener on a free `/memory` port, no mDNS, AutoNAT or relay hop (meaningless
+    /// there), and no periodic DHT refresh (a test decides when things happen).
+    pub fn in_memory(identity: Identity) -> Self {
+        Self {
+            transport: TransportKind::Memory,
+            listen: vec!["/memory/0".into()],
+            mdns: false,
+            relay_server: false,
+            autonat: false,
+            kad_bootstrap_interval: None,
+            ..Self::new(identity)
+        }
+    }
 }
 
 /// A peer and the addresses it was last reachable at.
@@ -327,7 +342,7 @@ impl Network {
     }
 
     /// The peers worth remembering, as of now: [`NetState::known_peers`] is rebuilt at
-    /// most once a second, so a node that saves its peer cache on the way out asks here.
+    /// most every few seconds, so a node that saves its peer cache on the way out asks here.
     /// Once the network task has stopped, the last published list.
     pub async fn known_peers(&self) -> Arc<Vec<KnownPeer>> {
         let (reply, rx) = tokio::sync::oneshot::channel();

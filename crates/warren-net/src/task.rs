@@ -271,7 +271,7 @@ impl SwarmTask {
     fn publish_state(&mut self) {
         self.dirty = false;
         let now = Instant::now();
-        if self.known_dirty && now.duration_since(self.known_built) >= KNOWN_EVERY {
+        if self.known_due(now) {
             self.rebuild_known(now);
         }
         let ids = &mut self.ids;
@@ -287,6 +287,11 @@ impl SwarmTask {
             .filter_map(|p| cached_node(ids, p))
             .collect();
         let _ = self.state_tx.send(self.state.clone());
+    }
+
+    /// Whether the known-peer list changed and may be rebuilt now.
+    fn known_due(&self, now: Instant) -> bool {
+        self.known_dirty && now.duration_since(self.known_built) >= KNOWN_EVERY
     }
 
     fn rebuild_known(&mut self, now: Instant) {
@@ -309,9 +314,9 @@ impl SwarmTask {
     }
 
     fn on_tick(&mut self) {
-        // A known-peer change held back by `publish_state` goes out now.
-        self.dirty |= self.known_dirty;
         let now = Instant::now();
+        // A known-peer change held back by `publish_state` goes out once it is due.
+        self.dirty |= self.known_due(now);
         for peer in self.scores.expire_bans(now) {
             self.swarm.behaviour_mut().blocked.unblock_peer(peer);
             self.dirty = true;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use warren_net::{NetConfig, NetState, Network, OfferBook, TransportKind, Verdict};
+use warren_net::{NetConfig, NetState, Network, OfferBook, Verdict};
 use warren_types::{Identity, NodeId};
 
 const TOPIC: &str = "warren/channel/1/00c0ffee";
@@ -81,14 +81,8 @@ struct Node {
 impl Node {
     /// A memory-transport node that dials `bootstrap` (and runs a DHT bootstrap) if any.
     async fn spawn(bootstrap: Vec<String>) -> Node {
-        let mut config = NetConfig::new(Identity::generate());
-        config.transport = TransportKind::Memory;
-        config.listen = vec!["/memory/0".into()];
+        let mut config = NetConfig::in_memory(Identity::generate());
         config.bootstrap = bootstrap;
-        config.mdns = false;
-        config.relay_server = false;
-        config.autonat = false;
-        config.kad_bootstrap_interval = None;
         config.gossip_heartbeat = Duration::from_millis(100);
         let book = Book::new();
         let cancel = CancellationToken::new();

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use warren_net::{NetConfig, TransportKind};
+use warren_net::NetConfig;
 use warren_node::{NodeConfig, NodeHandle, StartError, testnet::provider_plan};
 use warren_types::{Identity, NodeId};
 
@@ -20,16 +20,11 @@ pub fn memory_addr() -> String {
     format!("/memory/{}", base + n)
 }
 
-/// Network settings for an in-process node: memory transport, no mDNS, no periodic DHT
-/// refresh (a test decides when things happen).
+/// Network settings for an in-process node: [`NetConfig::in_memory`] on a `/memory` port
+/// no other node in this process uses.
 pub fn memory_net(identity: Identity) -> NetConfig {
-    let mut net = NetConfig::new(identity);
-    net.transport = TransportKind::Memory;
+    let mut net = NetConfig::in_memory(identity);
     net.listen = vec![memory_addr()];
-    net.mdns = false;
-    net.kad_bootstrap_interval = None;
-    net.relay_server = false;
-    net.autonat = false;
     net
 }
 

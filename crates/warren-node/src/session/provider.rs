@@ -609,13 +609,8 @@ mod tests {
     /// reach a hub.
     async fn payments() -> (Payments, CancellationToken) {
         let identity = warren_types::Identity::generate();
-        let mut net = warren_net::NetConfig::new(identity.clone());
-        net.transport = warren_net::TransportKind::Memory;
+        let mut net = warren_net::NetConfig::in_memory(identity.clone());
         net.listen = vec![];
-        net.mdns = false;
-        net.kad_bootstrap_interval = None;
-        net.relay_server = false;
-        net.autonat = false;
         let market = Arc::new(crate::market::Market::new());
         let cancel = CancellationToken::new();
         let (net, _task) = Network::spawn(net, market.clone(), cancel.clone())

@@ -258,6 +258,24 @@ struct Run {
     late: bool,
     /// How long the network took to settle, and whether it got quiet (or hit the limit).
     settled: Option<(Duration, bool)>,
+    slowest: Vec<Slow>,
+    /// Gossip messages the nodes gave up sending (slow peers) while the offers spread.
+    gossip_dropped: u64,
+}
+
+/// How many of the slowest nodes a run describes.
+const SLOWEST: usize = 5;
+
+/// One of the last nodes to hold every offer.
+#[derive(Debug)]
+struct Slow {
+    node: usize,
+    /// When it held every offer; `None` if it never did.
+    at: Option<Duration>,
+    peers_at_start: usize,
+    peers_now: usize,
+    /// Connections it made or accepted while the offers spread.
+    opened_since: u64,
 }
 
 impl Run {
@@ -333,6 +351,22 @@ impl Run {
             self.hwm_mib,
             self.shutdown.as_secs_f64()
         );
+        println!(
+            "offers:   gossip messages dropped for slow peers while the offers spread: {}",
+            self.gossip_dropped
+        );
+        for slow in &self.slowest {
+            println!(
+                "offers:   slow node {}: done {}; peers {} at the start, {} at the end; {} \
+                 connections made since the start",
+                slow.node,
+                slow.at
+                    .map_or("never".into(), |t| format!("at {:.2}s", t.as_secs_f64())),
+                slow.peers_at_start,
+                slow.peers_now,
+                slow.opened_since
+            );
+        }
     }
 }
 
@@ -403,6 +437,15 @@ async fn run_once(
             .map_err(|e| format!("start_providers: {e}"))?;
     }
     let cpu1 = proc_stat::cpu_secs();
+    // Each node's connections as the offers start, to explain the slowest nodes afterwards.
+    let at_start: Vec<(usize, u64, u64)> = net
+        .nodes
+        .iter()
+        .map(|n| {
+            let s = n.network().state();
+            (s.connected.len(), s.connections_opened, s.gossip_dropped)
+        })
+        .collect();
 
     // One waiter per node, each woken by its own catalog's changes (never polled), so the
     // time at which each node completes is known, not just the last one.
@@ -419,12 +462,11 @@ async fn run_once(
             let ok = net.nodes[i]
                 .wait_for_catalog(left, |c| want.iter().all(|p| c.contains(p)))
                 .await;
-            if ok {
+            let at = ok.then(|| {
                 done_count.fetch_add(1, Ordering::Relaxed);
-                Some(start.elapsed())
-            } else {
-                None
-            }
+                start.elapsed()
+            });
+            (i, at)
         });
     }
     let reporter = progress.then(|| {
@@ -446,9 +488,11 @@ async fn run_once(
         })
     });
     let mut done_at = Vec::with_capacity(shape.nodes);
+    let mut each = vec![None; shape.nodes];
     while let Some(r) = waiters.join_next().await {
-        if let Ok(Some(t)) = r {
-            done_at.push(t);
+        if let Ok((i, at)) = r {
+            each[i] = at;
+            done_at.extend(at);
         }
     }
     let total = done_at
@@ -480,6 +524,33 @@ async fn run_once(
         .min()
         .unwrap_or(0);
 
+    // The slowest nodes (unfinished first): how connected they were when the offers
+    // started and what happened to their connections since.
+    let mut order: Vec<usize> = (0..shape.nodes).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(each[i].unwrap_or(Duration::MAX)));
+    let slowest = order
+        .iter()
+        .take(SLOWEST)
+        .map(|&i| {
+            let s = net.nodes[i].network().state();
+            let (peers0, opened0, _) = at_start[i];
+            Slow {
+                node: i,
+                at: each[i],
+                peers_at_start: peers0,
+                peers_now: s.connected.len(),
+                opened_since: s.connections_opened - opened0,
+            }
+        })
+        .collect();
+
+    let gossip_dropped = net
+        .nodes
+        .iter()
+        .zip(&at_start)
+        .map(|(n, (_, _, dropped0))| n.network().state().gossip_dropped - dropped0)
+        .sum();
+
     let net = Arc::into_inner(net).ok_or("a waiter still holds the test network")?;
     let stop = Instant::now();
     net.shutdown().await;
@@ -503,5 +574,7 @@ async fn run_once(
         shutdown,
         late,
         settled,
+        slowest,
+        gossip_dropped,
     })
 }

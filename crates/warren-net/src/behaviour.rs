@@ -25,6 +25,21 @@ pub(crate) const OFFER_TOPIC: &str = "warren/offers/1";
 pub const MAX_GOSSIP_BYTES: usize = 16 * 1024;
 const _: () = assert!(MAX_GOSSIP_BYTES >= 4 * warren_types::offer::MAX_OFFER_BYTES);
 /// How long one DHT lookup may run (Kademlia's default is a minute).
+/// The gossip mesh: each node forwards an offer to [`MESH_N`] peers, keeps at least
+/// [`MESH_N_LOW`] and prunes above [`MESH_N_HIGH`]. Smaller than gossipsub's 6/5/12: an
+/// offer is small and rare, every copy costs a frame and a timer at both ends, and a
+/// mesh peer's connection stays open for good (others close once idle), so the mesh
+/// sets how many connections a formed network keeps. An offer missed in gossip still
+/// arrives by IHAVE gossip, by the pull on connect or by the anti-entropy pull.
+pub(crate) const MESH_N: usize = 4;
+pub(crate) const MESH_N_LOW: usize = 3;
+pub(crate) const MESH_N_HIGH: usize = 8;
+/// How long an offer may wait in a connection's send queue before gossipsub gives up on
+/// it (its defaults: 1 s to forward, 5 s to publish). An offer is valid for minutes, so a
+/// late copy is still worth sending; on a busy node a 1 s limit drops forwards, and a
+/// peer whose mesh links all dropped it waits for the anti-entropy pull. The queue
+/// stays bounded by gossipsub's length limit.
+const GOSSIP_SEND_PATIENCE: Duration = Duration::from_secs(20);
 const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Keys the DHT store holds provider records for, ours and other nodes' together: a node
 /// may hold thousands of blobs, and the default (1024) would refuse to announce the rest.
@@ -139,6 +154,11 @@ fn make_behaviour(
         .validation_mode(gossipsub::ValidationMode::Anonymous)
         .validate_messages()
         .max_transmit_size(MAX_GOSSIP_BYTES)
+        .forward_queue_duration(GOSSIP_SEND_PATIENCE)
+        .publish_queue_duration(GOSSIP_SEND_PATIENCE)
+        .mesh_n(MESH_N)
+        .mesh_n_low(MESH_N_LOW)
+        .mesh_n_high(MESH_N_HIGH)
         .message_id_fn(|m: &gossipsub::Message| {
             gossipsub::MessageId::from(&blake3::hash(&m.data).as_bytes()[..20])
         })

@@ -147,6 +147,9 @@ pub struct NetState {
     /// Connections established since the node started, in either direction. A network
     /// that has formed and idles should stop adding to it.
     pub connections_opened: u64,
+    /// Gossip messages this node gave up sending because a peer's queue was full or they
+    /// waited too long in it.
+    pub gossip_dropped: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

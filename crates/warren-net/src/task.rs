@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use warren_types::NodeId;
 
 use crate::behaviour::{
-    Behaviour, BehaviourEvent, KAD_PROTOCOL, MAX_PULL_OFFERS, OFFER_TOPIC, PullRequest,
+    Behaviour, BehaviourEvent, KAD_PROTOCOL, MAX_PULL_OFFERS, MESH_N_LOW, OFFER_TOPIC, PullRequest,
     PullResponse, build_swarm, offer_digest, serde_bytes_vec::Bytes,
 };
 use crate::score::{PeerScores, ScoreChange};
@@ -37,8 +37,10 @@ const MAX_KNOWN_PEERS: usize = 256;
 /// Addresses remembered per peer.
 const MAX_ADDRS_PER_PEER: usize = 8;
 /// With fewer peers than this, a node dials its bootstrap and cached peers again, at most
-/// once every [`REJOIN_EVERY`].
-const MIN_PEERS: usize = 4;
+/// once every [`REJOIN_EVERY`]. The gossip mesh's lower bound: a node with more keeps
+/// only mesh connections once the others idle out, so a higher minimum would dial
+/// connections that close again, forever.
+const MIN_PEERS: usize = MESH_N_LOW;
 const REJOIN_EVERY: Duration = Duration::from_secs(5);
 /// The swarm task's tick (ban expiry, rejoining, held-back state).
 const TICK: Duration = Duration::from_secs(1);
@@ -862,6 +864,15 @@ impl SwarmTask {
                 if verdict == Verdict::Reject {
                     self.penalise(propagation_source);
                 }
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::SlowPeer {
+                peer_id,
+                failed_messages,
+            }) => {
+                let dropped = failed_messages.priority + failed_messages.non_priority;
+                debug!(peer = %peer_id, dropped, "gossip messages to a slow peer dropped");
+                self.state.gossip_dropped += dropped as u64;
+                self.dirty = true;
             }
             BehaviourEvent::Pull(request_response::Event::Message { peer, message, .. }) => {
                 match message {

@@ -390,18 +390,12 @@ async fn run_once(
     let mut settled = None;
     if late {
         // Let Kademlia and the gossipsub meshes form, so what follows measures offers
-        // spreading through a market that exists: wait until the process has been quiet
-        // (under a quarter of a core) for 3 seconds in a row, for at most `settle`.
+        // spreading through a market that exists, waiting at most `settle`.
         // Formed: for 3 s in a row, the whole network made at most one new connection a
         // second per 100 nodes and closed about as few (DHT bootstraps done, and the
         // connections their lookups left behind closed once idle).
         let began = Instant::now();
-        let count = |net: &TestNet| -> (u64, usize) {
-            net.nodes.iter().fold((0, 0), |(opened, peers), n| {
-                let s = n.network().state();
-                (opened + s.connections_opened, peers + s.connected.len())
-            })
-        };
+        let count = |net: &TestNet| (net.connections_opened(), net.connection_ends());
         let calm = (shape.nodes as u64 / 100).max(1);
         let mut last_cpu = proc_stat::cpu_secs();
         let (mut last_opened, mut last_peers) = count(&net);
@@ -410,10 +404,11 @@ async fn run_once(
             tokio::time::sleep(Duration::from_secs(1)).await;
             let cpu = proc_stat::cpu_secs();
             let (opened, peers) = count(&net);
-            let made = opened - last_opened;
-            // Each connection counts at both ends.
-            let closed = (last_peers + 2 * made as usize).saturating_sub(peers) / 2;
-            quiet = if made <= calm && closed as u64 <= calm {
+            // Both counts see each connection at both ends.
+            let made_ends = (opened - last_opened) as usize;
+            let made = made_ends as u64 / 2;
+            let closed = ((last_peers + made_ends).saturating_sub(peers) / 2) as u64;
+            quiet = if made <= calm && closed <= calm {
                 quiet + 1
             } else {
                 0

@@ -24,7 +24,6 @@ pub(crate) const OFFER_TOPIC: &str = "warren/offers/1";
 /// peer can make us read.
 pub const MAX_GOSSIP_BYTES: usize = 16 * 1024;
 const _: () = assert!(MAX_GOSSIP_BYTES >= 4 * warren_types::offer::MAX_OFFER_BYTES);
-/// How long one DHT lookup may run (Kademlia's default is a minute).
 /// The gossip mesh: each node forwards an offer to [`MESH_N`] peers, keeps at least
 /// [`MESH_N_LOW`] and prunes above [`MESH_N_HIGH`]. Smaller than gossipsub's 6/5/12: an
 /// offer is small and rare, every copy costs a frame and a timer at both ends, and a
@@ -40,6 +39,7 @@ pub(crate) const MESH_N_HIGH: usize = 8;
 /// peer whose mesh links all dropped it waits for the anti-entropy pull. The queue
 /// stays bounded by gossipsub's length limit.
 const GOSSIP_SEND_PATIENCE: Duration = Duration::from_secs(20);
+/// How long one DHT lookup may run (Kademlia's default is a minute).
 const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Keys the DHT store holds provider records for, ours and other nodes' together: a node
 /// may hold thousands of blobs, and the default (1024) would refuse to announce the rest.

@@ -124,6 +124,22 @@ impl TestNet {
         &self.providers
     }
 
+    /// Connections the whole network has made so far (each counted at both ends).
+    pub fn connections_opened(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|n| n.network().state().connections_opened)
+            .sum()
+    }
+
+    /// Open connections, counted at both ends: the sum of every node's peers.
+    pub fn connection_ends(&self) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| n.network().state().connected.len())
+            .sum()
+    }
+
     /// Waits until every node holds every provider's offer. Returns how many nodes had
     /// them all when it returned (all of them unless `timeout` passed).
     pub async fn wait_all_offers(&self, timeout: Duration) -> usize {

@@ -124,18 +124,11 @@ async fn offers_started_after_the_network_formed_reach_everyone() {
     net.shutdown().await;
 }
 
-/// Connections the whole network has made so far.
-fn connections_opened(net: &TestNet) -> u64 {
-    net.nodes
-        .iter()
-        .map(|n| n.network().state().connections_opened)
-        .sum()
-}
-
 /// A network that has formed goes quiet: idle connections close (gossip streams do not
 /// hold them open) and closing them does not set off new dials. Before, every DHT lookup's
-/// connections stayed open for good, and once buckets filled each new connection made
-/// Kademlia dial an old, disconnected entry on both sides, without end.
+/// connections stayed open for good; this test fails without `gossip::Gossip`. (The other
+/// loop fixed with it, Kademlia dialling old entries of full buckets, needs more nodes
+/// than fit a test: `bench-offers --progress` shows it, as connections made while settling.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_formed_network_closes_idle_connections_and_stops_dialling() {
     const NODES: usize = 40;
@@ -153,50 +146,60 @@ async fn a_formed_network_closes_idle_connections_and_stops_dialling() {
     .await
     .expect("spawn");
     // Formation: every node's DHT bootstrap reaches most of the others. Wait (at most a
-    // minute) for a 5 s window in which the network makes fewer than one connection a node.
+    // minute) for a 5 s window in which the network opens fewer connection ends than it has
+    // nodes.
     let start = tokio::time::Instant::now();
-    let mut last = connections_opened(&net);
+    let mut last = net.connections_opened();
     let mut made = u64::MAX;
     while made >= NODES as u64 && start.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let now = connections_opened(&net);
+        let now = net.connections_opened();
         made = now - last;
         last = now;
     }
     assert!(
         made < NODES as u64,
-        "the network still made {made} connections in 5 s after a minute"
+        "the network still opened {made} connection ends in 5 s after a minute"
     );
-    let peers = |net: &TestNet| -> Vec<usize> {
-        net.nodes
-            .iter()
-            .map(|n| n.network().state().connected.len())
-            .collect()
-    };
-    let formed = peers(&net).iter().sum::<usize>() as f64 / NODES as f64;
+    let formed = net.connection_ends() as f64 / NODES as f64;
     // The lookups' connections close once idle. What stays is the gossip mesh (3 to 8
-    // peers a node, as each node's mesh is also its peers' mesh). And closing them sets
-    // off no new dials.
-    let before = connections_opened(&net);
+    // peers a node, as each node's mesh is also its peers' mesh).
+    let before = net.connections_opened();
     let mut avg = formed;
     let deadline = tokio::time::Instant::now() + 6 * IDLE;
     while avg > MESH_AVG_MAX && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        avg = peers(&net).iter().sum::<usize>() as f64 / NODES as f64;
+        avg = net.connection_ends() as f64 / NODES as f64;
     }
     assert!(
         avg <= MESH_AVG_MAX,
         "{avg:.1} peers a node stayed connected ({formed:.1} after the lookups)"
     );
-    let after = peers(&net);
+    let after: Vec<usize> = net
+        .nodes
+        .iter()
+        .map(|n| n.network().state().connected.len())
+        .collect();
     assert!(
         after.iter().all(|&p| p > 0),
         "a node was left alone: {after:?}"
     );
-    let dialled = connections_opened(&net) - before;
+    // Closing them sets off no chain of new dials. A node that dips below the mesh's
+    // lower bound may dial a few peers to rejoin (at most one connection a node here),
+    // and after that the network stays quiet.
+    let dialled = net.connections_opened() - before;
     assert!(
-        dialled < NODES as u64,
-        "closing idle connections set off {dialled} new ones"
+        dialled < 2 * NODES as u64,
+        "closing idle connections set off new ones ({dialled} connection ends)"
+    );
+    let quiet_from = net.connections_opened();
+    tokio::time::sleep(2 * IDLE).await;
+    let later = net.connections_opened() - quiet_from;
+    assert!(
+        later < NODES as u64 / 4,
+        "the network kept dialling once idle connections had closed ({later} connection \
+         ends in {:?})",
+        2 * IDLE
     );
     net.shutdown().await;
 }

@@ -45,3 +45,31 @@ pub(crate) fn cpu_secs_of(pid: &str) -> f64 {
         _ => 0.0,
     }
 }
+
+/// The whole machine's CPU seconds from /proc/stat: busy (user, nice, system, irq,
+/// softirq; all processes) and stolen by the hypervisor. Zeros without /proc.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct MachineCpu {
+    pub busy: f64,
+    pub steal: f64,
+}
+
+pub(crate) fn machine_cpu() -> MachineCpu {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return MachineCpu::default();
+    };
+    // "cpu  user nice system idle iowait irq softirq steal ...", in clock ticks.
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return MachineCpu::default();
+    };
+    let t: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    let at = |i: usize| t.get(i).copied().unwrap_or(0.0) / 100.0;
+    MachineCpu {
+        busy: at(0) + at(1) + at(2) + at(5) + at(6),
+        steal: at(7),
+    }
+}

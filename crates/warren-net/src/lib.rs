@@ -150,6 +150,9 @@ pub struct NetState {
     /// Gossip messages this node gave up sending because a peer's queue was full or they
     /// waited too long in it.
     pub gossip_dropped: u64,
+    /// Peers in this node's gossip mesh for offers, as of the last second: each offer
+    /// this node forwards is sent to each of them.
+    pub offer_mesh: usize,
 }
 
 #[derive(Debug, thiserror::Error)]

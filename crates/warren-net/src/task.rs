@@ -317,6 +317,16 @@ impl SwarmTask {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        let mesh = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .mesh_peers(&self.topic)
+            .count();
+        if mesh != self.state.offer_mesh {
+            self.state.offer_mesh = mesh;
+            self.dirty = true;
+        }
         // A known-peer change held back by `publish_state` goes out once it is due.
         self.dirty |= self.known_due(now);
         for peer in self.scores.expire_bans(now) {

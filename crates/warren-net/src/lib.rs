@@ -23,8 +23,10 @@ pub use task::{MAX_PROVIDERS_PER_FIND, MAX_TOPICS};
 pub trait OfferBook: Send + Sync + 'static {
     /// Judge signed offer bytes that `from` sent (by gossip or in answer to a pull).
     fn offer_received(&self, from: NodeId, bytes: &[u8]) -> Verdict;
-    /// The signed offers this node holds, to hand a peer that asks for the market.
-    fn offers_snapshot(&self) -> Vec<Vec<u8>>;
+    /// Calls `visit` with each signed offer this node holds (to say which it has when
+    /// pulling, and to answer a peer's pull with those it lacks). The book may hold a lock
+    /// meanwhile; `visit` only hashes and copies.
+    fn each_offer(&self, visit: &mut dyn FnMut(&[u8]));
     /// Judge a gossip message on a topic joined with [`Network::subscribe`]. `from` is the
     /// peer that passed it on, not necessarily its author: messages are anonymous, so
     /// anything that must be attributed has to carry its own signature. The verdict is

@@ -388,13 +388,12 @@ impl SwarmTask {
 
     /// Asks `peer` for the offers it holds that this node does not.
     fn pull_from(&mut self, peer: PeerId) {
-        let have = self
-            .book
-            .offers_snapshot()
-            .iter()
-            .take(MAX_PULL_OFFERS)
-            .map(|b| offer_digest(b))
-            .collect();
+        let mut have = Vec::new();
+        self.book.each_offer(&mut |b| {
+            if have.len() < MAX_PULL_OFFERS {
+                have.push(offer_digest(b));
+            }
+        });
         self.swarm
             .behaviour_mut()
             .pull
@@ -894,14 +893,13 @@ impl SwarmTask {
                             return;
                         }
                         let have: HashSet<u64> = request.have.into_iter().collect();
-                        let offers = self
-                            .book
-                            .offers_snapshot()
-                            .into_iter()
-                            .filter(|b| !have.contains(&offer_digest(b)))
-                            .take(MAX_PULL_OFFERS)
-                            .map(Bytes)
-                            .collect();
+                        // Only the offers the peer lacks are copied.
+                        let mut offers = Vec::new();
+                        self.book.each_offer(&mut |b| {
+                            if offers.len() < MAX_PULL_OFFERS && !have.contains(&offer_digest(b)) {
+                                offers.push(Bytes(b.to_vec()));
+                            }
+                        });
                         let _ = self
                             .swarm
                             .behaviour_mut()

@@ -52,9 +52,7 @@ impl OfferBook for Book {
         Verdict::Ignore
     }
 
-    fn offers_snapshot(&self) -> Vec<Vec<u8>> {
-        Vec::new()
-    }
+    fn each_offer(&self, _: &mut dyn FnMut(&[u8])) {}
 
     fn topic_message(&self, topic: &str, from: NodeId, bytes: &[u8]) -> Verdict {
         self.seen.send_modify(|seen| {

@@ -186,9 +186,11 @@ impl Catalog {
         self.entries.is_empty()
     }
 
-    /// The wire bytes of every held offer, for a peer that pulls the market.
-    pub fn snapshot(&self) -> Vec<Vec<u8>> {
-        self.entries.values().map(|e| e.bytes.clone()).collect()
+    /// Calls `visit` with the wire bytes of every held offer (for a peer pulling the market).
+    pub fn each_signed(&self, mut visit: impl FnMut(&[u8])) {
+        for e in self.entries.values() {
+            visit(&e.bytes);
+        }
     }
 }
 
@@ -325,6 +327,8 @@ mod tests {
             ..Default::default()
         });
         assert!(none.is_empty());
-        assert_eq!(c.snapshot().len(), 4);
+        let mut held = 0;
+        c.each_signed(|_| held += 1);
+        assert_eq!(held, 4);
     }
 }

@@ -235,8 +235,8 @@ impl warren_net::OfferBook for Books {
         self.market.offer_received(from, bytes)
     }
 
-    fn offers_snapshot(&self) -> Vec<Vec<u8>> {
-        self.market.offers_snapshot()
+    fn each_offer(&self, visit: &mut dyn FnMut(&[u8])) {
+        self.market.each_offer(visit)
     }
 
     fn topic_message(&self, topic: &str, from: NodeId, bytes: &[u8]) -> warren_net::Verdict {

@@ -125,8 +125,8 @@ impl OfferBook for Market {
         }
     }
 
-    fn offers_snapshot(&self) -> Vec<Vec<u8>> {
-        self.catalog().snapshot()
+    fn each_offer(&self, visit: &mut dyn FnMut(&[u8])) {
+        self.catalog().each_signed(visit)
     }
 }
 

@@ -21,9 +21,7 @@ impl OfferBook for NoOffers {
     fn offer_received(&self, _: NodeId, _: &[u8]) -> Verdict {
         Verdict::Ignore
     }
-    fn offers_snapshot(&self) -> Vec<Vec<u8>> {
-        Vec::new()
-    }
+    fn each_offer(&self, _: &mut dyn FnMut(&[u8])) {}
 }
 
 fn bytes(len: usize) -> Vec<u8> {

@@ -1,6 +1,7 @@
 //! Node identities: an ed25519 key pair whose public half, written the way libp2p writes a
 //! `PeerId`, is the node id everywhere (offers, sessions, payments, channels).
 
+use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr;
 
@@ -28,11 +29,30 @@ pub enum NodeIdError {
     BadKey(String),
 }
 
+thread_local! {
+    /// The key this thread last decoded into a curve point. An offer's provider is decoded
+    /// when the offer's body is read and again straight after, to check its signature; the
+    /// decoding (a field square root) costs a tenth of the signature check, and every node
+    /// checks every offer once.
+    static LAST_KEY: Cell<Option<VerifyingKey>> = const { Cell::new(None) };
+}
+
+/// `bytes` as a curve point, or `None` when they are not one.
+fn decode_key(bytes: &[u8; 32]) -> Option<VerifyingKey> {
+    if let Some(key) = LAST_KEY.get()
+        && key.as_bytes() == bytes
+    {
+        return Some(key);
+    }
+    let key = VerifyingKey::from_bytes(bytes).ok()?;
+    LAST_KEY.set(Some(key));
+    Some(key)
+}
+
 impl NodeId {
     /// Wraps raw public key bytes, checking that they are a valid curve point.
     pub fn from_public_key(bytes: [u8; 32]) -> Result<Self, NodeIdError> {
-        VerifyingKey::from_bytes(&bytes)
-            .map_err(|_| NodeIdError::BadKey(bs58::encode(bytes).into_string()))?;
+        decode_key(&bytes).ok_or_else(|| NodeIdError::BadKey(bs58::encode(bytes).into_string()))?;
         Ok(Self(bytes))
     }
 
@@ -48,7 +68,7 @@ impl NodeId {
 
     /// Checks `signature` over `message` with this node's key.
     pub fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {
-        let Ok(key) = VerifyingKey::from_bytes(&self.0) else {
+        let Some(key) = decode_key(&self.0) else {
             return false;
         };
         key.verify(message, &Signature::from_bytes(signature))
@@ -188,6 +208,25 @@ mod tests {
             "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N".parse::<NodeId>(),
             Err(NodeIdError::NotEd25519(_))
         ));
+    }
+
+    #[test]
+    fn the_decoded_key_memo_never_answers_for_other_bytes() {
+        let a = Identity::generate();
+        let b = Identity::generate();
+        let sig = a.sign(b"hello");
+        // Decode a's key, then ask about b's: the memo holds a's point.
+        let a_id = NodeId::from_public_key(a.node_id().public_key()).unwrap();
+        assert!(!b.node_id().verify(b"hello", &sig));
+        assert!(a_id.verify(b"hello", &sig));
+        // Bytes that are no curve point stay refused right after a valid key was decoded.
+        // About half of all y coordinates are on the curve; find one that is not.
+        let not_a_point = (1u8..=255)
+            .map(|y| [y; 32])
+            .find(|b| VerifyingKey::from_bytes(b).is_err())
+            .unwrap();
+        assert!(NodeId::from_public_key(not_a_point).is_err());
+        assert!(!NodeId::from_public_key_unchecked(not_a_point).verify(b"hello", &sig));
     }
 
     #[test]

@@ -266,6 +266,9 @@ struct Run {
     late: bool,
     /// How long the network took to settle, and whether it got quiet (or hit the limit).
     settled: Option<(Duration, bool)>,
+    /// Microseconds per signature check, timed just before the providers started: how
+    /// fast the shared machine ran at the time, to tell a slow run from a slow machine.
+    check_us: Option<f64>,
     slowest: Vec<Slow>,
     /// Gossip messages the nodes gave up sending (slow peers) while the offers spread.
     gossip_dropped: u64,
@@ -363,6 +366,12 @@ impl Run {
             "offers:   gossip mesh as the offers started: {:.2} peers a node, at most {}",
             self.mesh_avg, self.mesh_max
         );
+        if let Some(us) = self.check_us {
+            println!(
+                "offers:   one offer signature check took {us:.1} µs just before the providers \
+                 started (the machine's speed at the time)"
+            );
+        }
         println!(
             "offers:   while the offers spread, other processes used {:.1} CPU-s and the \
              hypervisor took {:.1} s",
@@ -387,6 +396,36 @@ impl Run {
     }
 }
 
+/// Times signature checks of one signed offer on this thread, in µs per check (the best
+/// of five rounds of 200, so a round that lost the core does not count).
+fn signature_check_us() -> f64 {
+    use warren_types::{Identity, SignedOffer};
+    let identity = Identity::generate();
+    let offer = warren_types::Offer {
+        provider: identity.node_id(),
+        seq: 1,
+        issued_at: 1_800_000_000,
+        expires_at: 1_800_000_180,
+        services: vec![warren_types::Service::proxy()],
+        price: warren_types::Price::default(),
+        country: warren_types::Country::UNKNOWN,
+        ip_kind: warren_types::IpKind::Unknown,
+        addrs: vec!["/memory/1".into()],
+    };
+    let Ok(signed) = SignedOffer::sign(&offer, &identity) else {
+        return f64::NAN;
+    };
+    (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..200 {
+                let _ = std::hint::black_box(&signed).verify(1_800_000_001);
+            }
+            start.elapsed().as_secs_f64() * 1e6 / 200.0
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
 async fn run_once(
     shape: Shape,
     settle: Duration,
@@ -405,6 +444,7 @@ async fn run_once(
         .map_err(|e| format!("TestNet::spawn({} nodes): {e}", shape.nodes))?;
     let spawn = start.elapsed();
     let mut settled = None;
+    let mut check_us = None;
     if late {
         // Let Kademlia and the gossipsub meshes form, so what follows measures offers
         // spreading through a market that exists, waiting at most `settle`.
@@ -443,6 +483,7 @@ async fn run_once(
             (last_opened, last_peers) = (opened, peers);
         }
         settled = Some((began.elapsed(), quiet >= 3));
+        check_us = Some(signature_check_us());
         start = Instant::now();
         net.start_providers(0..shape.providers)
             .await
@@ -603,6 +644,7 @@ async fn run_once(
         shutdown,
         late,
         settled,
+        check_us,
         slowest,
         gossip_dropped,
     })

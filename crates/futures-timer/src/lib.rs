@@ -15,7 +15,9 @@
 //! - Outside any tokio runtime (a plain executor), the sleep lives on a small runtime of
 //!   its own, started on first need on a thread named `futures-timer`.
 //! - The runtime that polls a `Delay` must have its time driver enabled; every runtime in
-//!   Warren is built with `enable_all`.
+//!   Warren is built with `enable_all`. An armed `Delay` belongs to the runtime that first
+//!   polled it and must not outlive it (tokio panics when a sleep of a runtime that shut
+//!   down is polled); libp2p's timers live in tasks, which die with their runtime.
 //!
 //! Semantics follow futures-timer: the deadline counts from [`Delay::new`] (not from the
 //! first poll), a fired `Delay` stays ready, and [`Delay::reset`] arms it again.

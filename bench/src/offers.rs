@@ -277,6 +277,17 @@ struct Run {
 /// How many of the slowest nodes a run describes.
 const SLOWEST: usize = 5;
 
+/// A node as the providers started.
+struct AtStart {
+    peers: usize,
+    /// Connections it had made or accepted so far.
+    opened: u64,
+    /// Gossip messages it had dropped so far.
+    dropped: u64,
+    /// Its gossip mesh for offers.
+    mesh: usize,
+}
+
 /// One of the last nodes to hold every offer.
 #[derive(Debug)]
 struct Slow {
@@ -491,21 +502,22 @@ async fn run_once(
     }
     let cpu1 = proc_stat::cpu_secs();
     let machine1 = proc_stat::machine_cpu();
-    // Each node's connections as the offers start, to explain the slowest nodes afterwards.
-    let at_start: Vec<(usize, u64, u64)> = net
+    // Each node's connections as the offers start, to explain the slowest nodes afterwards,
+    // and its gossip mesh: every offer is sent once to each mesh peer of each node it
+    // reaches, so the sum of the mesh sizes sets the work, and it differs from one formed
+    // network to the next.
+    let at_start: Vec<AtStart> = net
         .nodes
         .iter()
         .map(|n| {
             let s = n.network().state();
-            (s.connected.len(), s.connections_opened, s.gossip_dropped)
+            AtStart {
+                peers: s.connected.len(),
+                opened: s.connections_opened,
+                dropped: s.gossip_dropped,
+                mesh: s.offer_mesh,
+            }
         })
-        .collect();
-    // Every offer is sent once to each mesh peer of each node it reaches: the sum of the
-    // mesh sizes sets the work, and it differs from one formed network to the next.
-    let mesh: Vec<usize> = net
-        .nodes
-        .iter()
-        .map(|n| n.network().state().offer_mesh)
         .collect();
 
     // One waiter per node, each woken by its own catalog's changes (never polled), so the
@@ -599,13 +611,12 @@ async fn run_once(
         .take(SLOWEST)
         .map(|&i| {
             let s = net.nodes[i].network().state();
-            let (peers0, opened0, _) = at_start[i];
             Slow {
                 node: i,
                 at: each[i],
-                peers_at_start: peers0,
+                peers_at_start: at_start[i].peers,
                 peers_now: s.connected.len(),
-                opened_since: s.connections_opened - opened0,
+                opened_since: s.connections_opened - at_start[i].opened,
             }
         })
         .collect();
@@ -614,7 +625,7 @@ async fn run_once(
         .nodes
         .iter()
         .zip(&at_start)
-        .map(|(n, (_, _, dropped0))| n.network().state().gossip_dropped - dropped0)
+        .map(|(n, start)| n.network().state().gossip_dropped - start.dropped)
         .sum();
 
     let net = Arc::into_inner(net).ok_or("a waiter still holds the test network")?;
@@ -632,8 +643,9 @@ async fn run_once(
         total,
         cpu_spawn: cpu1 - cpu0,
         cpu_converge: cpu2 - cpu1,
-        mesh_avg: mesh.iter().sum::<usize>() as f64 / mesh.len().max(1) as f64,
-        mesh_max: mesh.iter().copied().max().unwrap_or(0),
+        mesh_avg: at_start.iter().map(|s| s.mesh).sum::<usize>() as f64
+            / at_start.len().max(1) as f64,
+        mesh_max: at_start.iter().map(|s| s.mesh).max().unwrap_or(0),
         others_converge: (machine2.busy - machine1.busy - (cpu2 - cpu1)).max(0.0),
         steal_converge: machine2.steal - machine1.steal,
         rss_mib,

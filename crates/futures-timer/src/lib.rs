@@ -146,12 +146,16 @@ mod tests {
         assert!(start.elapsed() >= SHORT);
     }
 
+    /// Longer than any delay here needs: a timer that never fires fails the test instead
+    /// of hanging it.
+    const NEVER: Duration = Duration::from_secs(10);
+
     #[tokio::test]
     async fn the_deadline_counts_from_creation_not_from_the_first_poll() {
-        let delay = Delay::new(SHORT);
+        let mut delay = Delay::new(SHORT);
+        // Time passes before the first poll (a thread sleep, so no timer is involved).
         std::thread::sleep(SHORT);
         // Already due: ready at once, without a timer entry.
-        let mut delay = delay;
         let ready = futures::poll!(&mut delay);
         assert!(ready.is_ready());
         assert!(delay.sleep.is_none());
@@ -188,17 +192,26 @@ mod tests {
 
     #[test]
     fn it_works_outside_any_tokio_runtime() {
-        let start = Instant::now();
-        futures::executor::block_on(Delay::new(SHORT));
-        assert!(start.elapsed() >= SHORT);
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            futures::executor::block_on(Delay::new(SHORT));
+            let _ = done.send(start.elapsed());
+        });
+        let took = finished
+            .recv_timeout(NEVER)
+            .expect("a delay polled outside tokio never fired");
+        assert!(took >= SHORT);
     }
 
     #[tokio::test]
     async fn a_delay_made_outside_a_runtime_runs_inside_one() {
-        let delay = std::thread::spawn(|| Delay::new(SHORT)).join().unwrap();
         let start = Instant::now();
-        delay.await;
-        assert!(start.elapsed() < SHORT + Duration::from_secs(5));
+        let delay = std::thread::spawn(|| Delay::new(SHORT)).join().unwrap();
+        tokio::time::timeout(NEVER, delay)
+            .await
+            .expect("a delay made outside tokio never fired inside it");
+        assert!(start.elapsed() >= SHORT);
     }
 
     #[tokio::test]
